@@ -1,0 +1,31 @@
+"""eqkern: fast, memory-lean Equilibrium Propagation for convergent RNNs.
+
+Public API: the model description (:class:`CRNN`, :class:`Conv`, :class:`Linear`), the dynamics
+(:func:`settle`), the learning rules (:func:`ep_gradients`, :func:`bptt_gradients`), the GDU check
+(:func:`check_gdu`), a small training loop (:func:`train`) and :func:`info`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .backends import available_backends, resolve_backend
+from .bptt import BPTTResult, bptt_gradients
+from .gdu import check_gdu, format_gdu
+from .learning import EPResult, ep_gradients, free_phase
+from .model import CRNN, Conv, Linear
+from .settle import settle
+
+
+def info() -> dict:
+    """Versions, what was built, and which backends run on which device (and why not)."""
+    from . import _build
+
+    return _build.info()
+
+
+__all__ = [
+    "CRNN", "Conv", "Linear", "settle", "ep_gradients", "free_phase", "EPResult",
+    "bptt_gradients", "BPTTResult", "check_gdu", "format_gdu", "available_backends",
+    "resolve_backend", "info", "__version__",
+]

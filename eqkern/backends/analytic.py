@@ -1,0 +1,186 @@
+"""Backend ``torch``: the analytic settling step and Hebbian update in plain ATen calls.
+
+No autograd and nothing kept alive across steps. Per step and layer (SPEC §1):
+
+    bottom-up  u_l = P_{l-1}(W_{l-1} * s_{l-1} + b_{l-1})        conv + bias + max-pool (indices)
+    top-down   d_l = conv_transpose(unpool(s_{l+1}, idx_l), W_l)  (W_lᵀ s_{l+1} for FC)
+    nudge      n_N = −β ∂L/∂s_N                                   read-out layer only
+    s_l  ←  ρ(α_l u_l + γ_l d_l + n_l)
+
+Layers are updated in place in the order 1…N, which equals the synchronous update because layer
+``l``'s own forward conv (giving ``u_{l+1}`` and ``idx_l``) is computed before ``s_l`` is
+overwritten and ``s_{l+1}`` is still the old one when ``d_l`` is read. :func:`layer_drives` yields
+the terms lazily in exactly that order; :func:`step_` (in place) and :func:`step` (out of place,
+differentiable, for BPTT) consume it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..activations import activate, activate_
+from ..model import CRNN, Conv
+from .common import Phase, accumulate_grads
+
+# epilogue(state, u, d, n, alpha, gamma, activation): state ← ρ(α·u + γ·d + n), in place
+Epilogue = Callable[
+    [torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", float, float, str],
+    None,
+]
+
+LayerTerms = tuple[int, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
+
+
+def layer_drives(
+    model: CRNN,
+    input_drive: torch.Tensor,
+    state: Sequence[torch.Tensor],
+    beta: float,
+    y: torch.Tensor | None,
+) -> Iterator[LayerTerms]:
+    """Yield ``(i, u_i, d_i, n_i)`` for ``i = 0…N-1`` reading only pre-step values of ``state``.
+
+    The consumer may overwrite ``state[i]`` as soon as item ``i`` is yielded: everything that needs
+    the old ``state[i]`` (its forward conv and pool indices) has been computed by then.
+    ``input_drive``: ``u_0 = P_0(W_0 * x + b_0)``, constant over a phase.
+    """
+    n_layers = len(state)
+    u = input_drive
+    for i in range(n_layers):
+        s = state[i]
+        u_next = d = nudge = None
+        if i + 1 < n_layers:
+            u_next, idx = model.drive(i + 1, s)
+            d = model.feedback(i + 1, state[i + 1], idx, s.shape)
+        elif beta != 0.0:
+            nudge = model.output_nudge(s, y, beta)
+        yield i, u, d, nudge
+        u = u_next
+
+
+def combine(
+    u: torch.Tensor, d: torch.Tensor | None, n: torch.Tensor | None, alpha: float, gamma: float
+) -> torch.Tensor:
+    """``α·u + γ·d + n`` out of place (a missing term counts as zero)."""
+    total = u * alpha if alpha != 1.0 else u
+    if d is not None:
+        total = total + d * gamma if gamma != 1.0 else total + d
+    if n is not None:
+        total = total + n
+    return total
+
+
+def torch_epilogue_(
+    state: torch.Tensor,
+    u: torch.Tensor,
+    d: torch.Tensor | None,
+    n: torch.Tensor | None,
+    alpha: float,
+    gamma: float,
+    activation: str,
+) -> None:
+    """``state ← ρ(α·u + γ·d + n)`` with in-place ATen ops (no temporary the size of the layer)."""
+    torch.mul(u, alpha, out=state)
+    if d is not None:
+        state.add_(d, alpha=gamma)
+    if n is not None:
+        state.add_(n)
+    activate_(activation, state)
+
+
+@torch.no_grad()
+def step_(
+    model: CRNN,
+    input_drive: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float,
+    y: torch.Tensor | None,
+    epilogue: Epilogue = torch_epilogue_,
+) -> None:
+    """One synchronous step, in place on ``state``."""
+    for i, u, d, n in layer_drives(model, input_drive, state, beta, y):
+        spec = model.specs[i]
+        epilogue(state[i], u, d, n, spec.alpha, spec.gamma, spec.activation)
+
+
+def step(
+    model: CRNN,
+    input_drive: torch.Tensor,
+    state: Sequence[torch.Tensor],
+    beta: float,
+    y: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """One synchronous step, out of place and differentiable (BPTT builds its graph with this)."""
+    return [
+        activate(model.specs[i].activation, combine(u, d, n, model.specs[i].alpha, model.specs[i].gamma))
+        for i, u, d, n in layer_drives(model, input_drive, state, beta, y)
+    ]
+
+
+@torch.no_grad()
+def settle(
+    model: CRNN,
+    x: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float,
+    steps: int,
+    y: torch.Tensor | None,
+    epilogue: Epilogue = torch_epilogue_,
+) -> list[torch.Tensor]:
+    """Run ``steps`` steps in place; the input drive ``u_0`` is computed once for the phase."""
+    input_drive = model.drive(0, x)[0]
+    for _ in range(steps):
+        step_(model, input_drive, state, beta, y, epilogue)
+    return state
+
+
+@torch.no_grad()
+def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
+    """The contrastive Hebbian update, added to every ``.grad`` (SPEC §2).
+
+    ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)``. Per conv layer it is one
+    weight-gradient convolution over the concatenated batch ``[s_l^a, s_l^b]`` against
+    ``[unpool(s_{l+1}^a), −unpool(s_{l+1}^b)]``; per FC layer one GEMM; the read-out gets
+    ``(β_a ∂L/∂θ(s_a) − β_b ∂L/∂θ(s_b)) / (β_a − β_b)``.
+    """
+    scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
+    inputs = torch.cat([x, x])
+    grads: list[torch.Tensor] = []
+    for i, (spec, conn) in enumerate(zip(model.specs, model.connections)):
+        signed_out = torch.cat([a.state[i], -b.state[i]])
+        if isinstance(spec, Conv):
+            if spec.pool:
+                idx = model.drive(i, inputs)[1]  # pool indices of each phase's own equilibrium
+                signed_out = model.unpool(i, signed_out, idx, inputs.shape)
+            if i == 0:
+                # Both phases see the same clamped x: subtract the two halves before the GEMM.
+                # Half the FLOPs, and no fp32 cancellation between two large, nearly equal terms.
+                inputs, signed_out = x, signed_out[: len(x)] + signed_out[len(x):]
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                signed_out, inputs, conn.weight, [conn.weight.shape[0]], [1, 1],
+                [spec.padding] * 2, [1, 1], False, [0, 0], 1, [False, True, True],
+            )
+        else:
+            gw = signed_out.t() @ inputs.flatten(1)
+            gb = signed_out.sum(0)
+        grads += [gw * scale, gb * scale]
+        inputs = torch.cat([a.state[i], b.state[i]])
+    if model.out is not None:
+        grads += _readout_grads(model, y, a, b)
+    accumulate_grads(list(model.parameters()), grads)
+
+
+def _readout_grads(model: CRNN, y: torch.Tensor, a: Phase, b: Phase) -> list[torch.Tensor]:
+    """``(β_a ∂L/∂W_out(s_a) − β_b ∂L/∂W_out(s_b)) / ((β_a − β_b)·batch)`` for CE, and the bias."""
+    onehot = F.one_hot(y.long(), model.num_classes)
+    errs, feats = [], []
+    for phase, sign in ((a, 1.0), (b, -1.0)):
+        feat = phase.state[-1].flatten(1)
+        errs.append((torch.softmax(model.out(feat), dim=1) - onehot) * (sign * phase.beta))
+        feats.append(feat)
+    err, feat = torch.cat(errs), torch.cat(feats)
+    norm = 1.0 / ((a.beta - b.beta) * y.shape[0])
+    return [err.t() @ feat * norm, err.sum(0) * norm]
