@@ -15,6 +15,7 @@ from .gdu import check_gdu, format_gdu
 from .learning import EPResult, ep_gradients, free_phase
 from .model import CRNN, Conv, Linear
 from .settle import settle
+from .train import TrainConfig, evaluate, train
 
 
 def info() -> dict:
@@ -27,5 +28,5 @@ def info() -> dict:
 __all__ = [
     "CRNN", "Conv", "Linear", "settle", "ep_gradients", "free_phase", "EPResult",
     "bptt_gradients", "BPTTResult", "check_gdu", "format_gdu", "available_backends",
-    "resolve_backend", "info", "__version__",
+    "resolve_backend", "train", "TrainConfig", "evaluate", "info", "__version__",
 ]

@@ -1,0 +1,44 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv, install torch and
+# eqkern with its C++ (and, where a CUDA toolkit is present, CUDA) extension built, then run.
+PYTHON      ?= python3
+VENV        ?= .venv
+VPY         := $(VENV)/bin/python
+# The dev/CI torch: a CUDA build (from local disk here) so that the CUDA kernels compile and link.
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+DEPS        := numpy tqdm matplotlib ninja setuptools wheel pytest pytest-benchmark
+MAX_JOBS    ?= 2
+# torch guesses CUDA_HOME from the nvcc on PATH, which is a wrapper script here: name it.
+CUDA_HOME   ?= $(if $(wildcard /usr/local/cuda/include/cuda_runtime.h),/usr/local/cuda,)
+NATIVE_SRC  := $(shell find csrc -type f) setup.py pyproject.toml
+
+export MAX_JOBS CUDA_HOME
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.deps-stamp:
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(TORCH_SPEC) $(DEPS)
+	touch $@
+
+$(VENV)/.build-stamp: $(VENV)/.deps-stamp $(NATIVE_SRC)
+	$(VPY) -m pip install -q --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.build-stamp
+	$(VPY) -m eqkern info
+
+demo: install
+	$(VPY) -m eqkern demo --out runs/demo
+
+test: install
+	$(VPY) -m pytest tests -q -rs --durations=10
+	$(VPY) -m pytest bench -q --benchmark-disable
+
+bench: install
+	mkdir -p bench/results
+	$(VPY) -m pytest bench --benchmark-json=bench/results/latest.json
+	$(VPY) bench/report.py bench/results/latest.json
+
+clean:
+	rm -rf build *.egg-info eqkern/_C*.so eqkern/_build_info.json $(VENV)/.build-stamp

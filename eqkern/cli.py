@@ -1,0 +1,136 @@
+"""Command line: ``eqkern info | demo | gdu`` (also ``python -m eqkern …``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
+    """The ``make demo`` network: two 3×3 conv layers with max-pool and a soft-max read-out."""
+    from .model import CRNN, Conv
+
+    return CRNN(input_shape, [Conv(16), Conv(32)], num_classes, readout="ce")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import _build
+
+    d = _build.info()
+    print(json.dumps(d, indent=2, default=str) if args.json else _build.format_info(d))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset, args.data_root, limit_train=args.train_size,
+                        limit_test=args.test_size)
+    torch.manual_seed(args.seed)
+    model = demo_model(data.input_shape, data.num_classes)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
+                         t_nudge=args.t_nudge, beta=args.beta, lr=args.lr, backend=args.backend,
+                         seed=args.seed, method=args.method)
+    from .backends import resolve_backend
+
+    print(f"eqkern demo: {args.method.upper()} on {args.dataset} ({len(data.y_train)} train / "
+          f"{len(data.y_test)} test), backend {resolve_backend(args.backend, torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} threads, T_free={args.t_free}, T_nudge={args.t_nudge}, "
+          f"beta={args.beta}")
+    t0 = time.perf_counter()
+    history = train(model, data, config, out_dir=args.out, resume=args.resume)
+    best = max(h["test_acc"] for h in history)
+    print(f"reached {history[-1]['test_acc']:.2f} % test accuracy (best {best:.2f} %) in "
+          f"{time.perf_counter() - t0:.0f} s; curves: {args.out}/curves.png")
+    return 0
+
+
+def cmd_gdu(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .gdu import check_gdu, format_gdu
+
+    dtype = DTYPES[args.dtype]
+    data = load_dataset(args.dataset, args.data_root, limit_train=args.batch, limit_test=1)
+    torch.manual_seed(args.seed)
+    model = demo_model(data.input_shape, data.num_classes).to(dtype)
+    x, y = data.x_train[: args.batch].to(dtype), data.y_train[: args.batch]
+    rows = check_gdu(model, x, y, beta=args.beta, t_free=args.t_free, t_nudge=args.t_nudge,
+                     estimator=args.estimator, backend=args.backend)
+    print(f"GDU check: {args.estimator} EP (beta={args.beta}, T_free={args.t_free}, "
+          f"K={args.t_nudge}) vs BPTT over the last K steps, {args.dtype}, batch {args.batch}")
+    print(format_gdu(rows))
+    if args.png:
+        from .plots import plot_gdu
+
+        print(f"wrote {plot_gdu(rows, args.png)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eqkern", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="versions, build, available backends")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    def data_args(q):
+        q.add_argument("--dataset", default="mnist_subset",
+                       help="mnist_subset (embedded), mnist, fashion_mnist, cifar10, ...")
+        q.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
+        q.add_argument("--backend", default=None, help="reference | torch | cpp")
+        q.add_argument("--seed", type=int, default=0)
+
+    demo = sub.add_parser("demo", help="a short real EP training run on the embedded MNIST subset")
+    data_args(demo)
+    demo.add_argument("--method", choices=["ep", "bptt"], default="ep")
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--train-size", type=int, default=None)
+    demo.add_argument("--test-size", type=int, default=None)
+    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("--t-free", type=int, default=15)
+    demo.add_argument("--t-nudge", type=int, default=5)
+    demo.add_argument("--beta", type=float, default=0.5)
+    demo.add_argument("--lr", type=float, nargs="+", default=[0.2, 0.1, 0.05])
+    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    demo.set_defaults(func=cmd_demo)
+
+    gdu = sub.add_parser("gdu", help="EP's update vs BPTT's gradient, per parameter")
+    data_args(gdu)
+    gdu.add_argument("--estimator", choices=["symmetric", "one_sided", "random_sign"],
+                     default="symmetric")
+    gdu.add_argument("--batch", type=int, default=16)
+    gdu.add_argument("--beta", type=float, default=1e-3)
+    gdu.add_argument("--t-free", type=int, default=100)
+    gdu.add_argument("--t-nudge", type=int, default=30)
+    gdu.add_argument("--dtype", choices=list(DTYPES), default="float64")
+    gdu.add_argument("--png", default=None, help="also write a bar chart here")
+    gdu.set_defaults(func=cmd_gdu)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"eqkern {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last finished epoch's checkpoint is kept (--resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
