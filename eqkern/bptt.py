@@ -27,7 +27,8 @@ class BPTTResult:
 def bptt_gradients(
     model: CRNN, x: torch.Tensor, y: torch.Tensor, *, t_free: int, truncate: int | None = None
 ) -> BPTTResult:
-    """Add ``∂L(s_T)/∂θ`` (mean over the batch) to every ``.grad``, backpropagating through time.
+    """Add ``∂L(s_T)/∂θ`` (mean over the batch; ``L = L_EP + κ Σ L_aug`` with augmentation) to
+    every ``.grad``, backpropagating through time.
 
     The free phase runs ``t_free`` steps from ``model.init_state``; the graph covers the last
     ``truncate`` steps (all of them by default), earlier steps run without a graph, so their end
@@ -44,7 +45,7 @@ def bptt_gradients(
         input_drive = model.drive(0, x)[0]
         for _ in range(truncate):
             state = analytic.step(model, input_drive, state, 0.0, None)
-        loss = model.loss(state[-1], y) / x.shape[0]
+        loss = model.total_loss(state, y) / x.shape[0]
         loss.backward()
     final = [s.detach() for s in state]
     with torch.no_grad():

@@ -61,7 +61,7 @@ def ep_gradients(
     if beta == 0.0:
         raise ValueError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
     check_phase_args(model, x, beta, max(t_free, t_nudge), y)
-    be = get_backend(backend, x.device)
+    be = get_backend(backend, x.device, model)
     batch = x.shape[0]
     if estimator == "random_sign":
         sign = torch.randint(0, 2, (), generator=generator).item() * 2 - 1
@@ -90,4 +90,4 @@ def free_phase(
     """The free-phase state after ``t_free`` steps from the initial state (inference)."""
     check_phase_args(model, x, 0.0, t_free, None)
     state = model.init_state(x.shape[0], like=x)
-    return get_backend(backend, x.device).settle(model, x, state, 0.0, t_free, None)
+    return get_backend(backend, x.device, model).settle(model, x, state, 0.0, t_free, None)

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import check_activation
+from .augment import (Augmentation, Distill, aux_error, aux_loss, aux_readout_transpose, labels_of,
+                      make_aux_modules, reset_aux_module)
 
 Readout = Literal["ce", "mse"]
 
@@ -81,6 +83,8 @@ class CRNN(nn.Module):
             has ``num_classes`` units and is the output).
         init_scale: factor on the default Kaiming-uniform init of every weight and bias.
         state_init: initial state of a phase, ``"zeros"`` or ``"uniform"`` (U(0,1), Lin's KD presets).
+        augment: LE or KD(W) signals on some state layers (:mod:`eqkern.augment`); their weight in
+            Φ_β is ``model.kappa`` (κ, a plain float the training driver sets per epoch).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class CRNN(nn.Module):
         readout: Readout = "ce",
         init_scale: float = 1.0,
         state_init: Literal["zeros", "uniform"] = "zeros",
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
         if readout not in ("ce", "mse"):
@@ -133,6 +138,14 @@ class CRNN(nn.Module):
                     f"readout='mse' needs a last Linear layer of {num_classes} units, got {shape}"
                 )
             self.out = None
+        self.augment = augment
+        self.kappa = 1.0
+        if augment is not None:
+            bad = [i for i in augment.layers if not 0 <= i < len(shapes)]
+            if bad or not augment.layers:
+                raise ValueError(f"augment.layers must name state layers 0..{len(shapes) - 1}, "
+                                 f"got {augment.layers}")
+        self.aux = make_aux_modules(augment, shapes, self.num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -143,6 +156,8 @@ class CRNN(nn.Module):
                 m.reset_parameters()
                 m.weight.mul_(self.init_scale)
                 m.bias.mul_(self.init_scale)
+        for m in self.aux:
+            reset_aux_module(self.augment, m, self.init_scale)
 
     # -- shapes and states -------------------------------------------------------------------
 
@@ -181,8 +196,19 @@ class CRNN(nn.Module):
                     f"state[{i}] is {s.dtype} on {s.device}, the model is {w.dtype} on {w.device}"
                 )
 
-    def check_targets(self, y: torch.Tensor, batch: int) -> None:
-        """Targets are class ids ``y: (batch,)`` of an integer dtype, on the model's device."""
+    def check_targets(self, y, batch: int) -> None:
+        """Targets are class ids ``y: (batch,)`` of an integer dtype, on the model's device, or,
+        with KD, ``Targets(labels, features)`` with one teacher tensor per augmented layer."""
+        if isinstance(self.augment, Distill):
+            feats = getattr(y, "features", None)
+            if feats is None or len(feats) != len(self.augment.layers):
+                raise ValueError(f"KD needs eqkern.augment.Targets(labels, features) with "
+                                 f"{len(self.augment.layers)} teacher feature tensors")
+            for j, (f, i) in enumerate(zip(feats, self.augment.layers)):
+                if tuple(f.shape) != (batch, *self.state_shapes[i]):
+                    raise ValueError(f"teacher features[{j}] have shape {tuple(f.shape)}, layer {i} "
+                                     f"needs {(batch, *self.state_shapes[i])}")
+        y = labels_of(y)
         if y.shape != (batch,) or y.dtype not in (torch.int64, torch.int32, torch.uint8):
             raise ValueError(
                 f"targets must be class ids of shape ({batch},) and integer dtype, "
@@ -239,20 +265,50 @@ class CRNN(nn.Module):
             return s_last
         return self.out(s_last.flatten(1))
 
-    def loss(self, s_last: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, s_last: torch.Tensor, y) -> torch.Tensor:
         """Per-sample loss summed over the batch: CE of the read-out, or ½‖s_N − onehot(y)‖²."""
+        y = labels_of(y)
         if self.out is not None:
             return F.cross_entropy(self.logits(s_last), y.long(), reduction="sum")
         onehot = F.one_hot(y.long(), self.num_classes).to(s_last.dtype)
         return 0.5 * (s_last - onehot).pow(2).sum()
 
-    def output_nudge(self, s_last: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    def output_nudge(self, s_last: torch.Tensor, y, beta: float) -> torch.Tensor:
         """``−β ∂L/∂s_N``: ``β W_outᵀ(onehot(y) − ŷ)`` (CE) or ``−β (s_N − onehot(y))`` (MSE)."""
+        y = labels_of(y)
         onehot = F.one_hot(y.long(), self.num_classes).to(s_last.dtype)
         if self.out is not None:
             err = onehot - torch.softmax(self.logits(s_last), dim=1)
             return (beta * (err @ self.out.weight)).view_as(s_last)
         return beta * (onehot - s_last)
+
+    # -- augmentation (LE / KD / KDW) ------------------------------------------------------
+
+    def aux_module(self, j: int) -> nn.Module | None:
+        """The learned map of augmented layer number ``j`` (``B_j`` or ``M_j``), if any."""
+        return self.aux[j] if len(self.aux) else None
+
+    def augmented_loss(self, state: Sequence[torch.Tensor], y) -> torch.Tensor:
+        """``κ Σ_{i∈Υ} L_aug,i(s_i)`` summed over the batch (0 without augmentation)."""
+        if self.augment is None:
+            return state[-1].new_zeros(())
+        return self.kappa * sum(aux_loss(self.augment, self.aux_module(j), j, state[i], y)
+                                for j, i in enumerate(self.augment.layers))
+
+    def total_loss(self, state: Sequence[torch.Tensor], y) -> torch.Tensor:
+        """``L_EP + κ Σ L_aug``: what EP's estimate (Lin eq. 12) and BPTT descend."""
+        return self.loss(state[-1], y) + self.augmented_loss(state, y)
+
+    def layer_nudge(self, i: int, s: torch.Tensor, y, beta: float) -> torch.Tensor | None:
+        """All nudge terms of state layer ``i`` (``−β ∂L_EP/∂s_i − βκ ∂L_aug/∂s_i``), or None."""
+        nudge = self.output_nudge(s, y, beta) if i == self.num_layers - 1 else None
+        if self.augment is not None and i in self.augment.layers:
+            j = self.augment.layers.index(i)
+            mod = self.aux_module(j)
+            err = aux_error(self.augment, mod, j, s, y)
+            aux = aux_readout_transpose(self.augment, mod, err, s) * (-beta * self.kappa)
+            nudge = aux if nudge is None else nudge + aux
+        return nudge
 
     def predict(self, state: Sequence[torch.Tensor]) -> torch.Tensor:
         """Predicted class ids ``(batch,)`` from a (free-phase) state."""

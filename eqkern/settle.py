@@ -51,4 +51,4 @@ def settle(
     beta = float(beta)
     check_phase_args(model, x, beta, steps, targets)
     model.check_state(state, x.shape[0])
-    return get_backend(backend, x.device).settle(model, x, state, beta, steps, targets)
+    return get_backend(backend, x.device, model).settle(model, x, state, beta, steps, targets)

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from eqkern import CRNN, Conv, Linear
+from conftest import rel_rms
+from eqkern import CRNN, Conv, Linear, ep_gradients, settle
+from eqkern.augment import Targets
 
 
 @dataclass
@@ -40,3 +42,69 @@ CASES = [
     Case("kernel5-pad2-tanh", (1, 12, 12), [Conv(3, kernel_size=5, padding=2, activation="tanh"),
                                              Conv(4, padding=1)]),
 ]
+
+
+STATE_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+T_FREE, T_NUDGE, BETA = 20, 8, 0.5
+
+
+def run_phases(model, x, y, backend):
+    """Free phase then a +β phase from the same initial state; returns the nudged state."""
+    torch.manual_seed(7)  # same U(0,1) initial state for every backend
+    state = model.init_state(x.shape[0], like=x)
+    settle(model, x, state, 0.0, T_FREE, backend=backend)
+    free = [s.clone() for s in state]
+    settle(model, x, state, BETA, T_NUDGE, y, backend=backend)
+    return free, state
+
+
+def ep_grads(model, x, y, backend, estimator="symmetric"):
+    torch.manual_seed(7)
+    model.zero_grad(set_to_none=True)
+    ep_gradients(model, x, y, beta=BETA, t_free=T_FREE, t_nudge=T_NUDGE,
+                 estimator=estimator, backend=backend)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def check_states_match(built, backend: str, label: str) -> None:
+    """States after a free and a nudged phase: ``backend`` vs ``reference``, rel RMS per layer."""
+    model, x, y = built
+    dtype = x.dtype
+    ref = run_phases(model, x, y, "reference")
+    out = run_phases(model, x, y, backend)
+    for phase, r_phase, o_phase in zip(("free", "nudged"), ref, out):
+        for i, (r, o) in enumerate(zip(r_phase, o_phase)):
+            err = rel_rms(r, o)
+            print(f"{label} {phase} state[{i}] rel RMS {err:.2e}")
+            assert err <= STATE_TOL[dtype]
+
+
+def check_grads_match(built, backend: str, estimator: str, label: str) -> None:
+    """EP gradients of ``backend`` vs ``reference``.
+
+    fp32 gradients are differences of nearly equal terms, so the fp32 *reference* is itself off
+    from the exact value; the bound is 1e-5 or twice the fp32 reference's own error against fp64
+    (flash-attention's rule), whichever is larger. fp64 is held to 1e-10.
+    """
+    model, x, y = built
+    dtype = x.dtype
+    ref = ep_grads(model, x, y, "reference", estimator)
+    out = ep_grads(model, x, y, backend, estimator)
+    exact = ref
+    if dtype == torch.float32:
+        exact = ep_grads(model.double(), x.double(), _to_double(y), "reference", estimator)
+        model.float()
+    for name in ref:
+        err = rel_rms(exact[name], out[name])
+        ref_err = rel_rms(exact[name], ref[name])
+        bound = max(1e-5, 2 * ref_err) if dtype == torch.float32 else 1e-10
+        print(f"{label} {estimator} {name}: rel RMS {err:.2e} "
+              f"(fp32 reference {ref_err:.2e}, bound {bound:.1e})")
+        assert err <= bound
+
+
+def _to_double(y):
+    """Targets with teacher features in fp64 (plain labels stay as they are)."""
+    if isinstance(y, Targets) and y.features is not None:
+        return Targets(y.labels, [f.double() for f in y.features])
+    return y

@@ -16,12 +16,14 @@ from types import ModuleType
 import torch
 
 from . import analytic, cpp, reference
+from . import triton as triton_backend  # imports no triton: the kernels load on first use
 
 logger = logging.getLogger("eqkern")
 
-BACKENDS: dict[str, ModuleType] = {"reference": reference, "torch": analytic, "cpp": cpp}
+BACKENDS: dict[str, ModuleType] = {"reference": reference, "torch": analytic, "cpp": cpp,
+                                   "triton": triton_backend}
 # Known but not implemented yet: named here so that asking for them gives a precise error.
-PLANNED = {"triton": "the triton backend is not implemented yet (issue 4)"}
+PLANNED: dict[str, str] = {}
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
@@ -39,6 +41,31 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
             return "eqkern._C was built without CUDA kernels (see `eqkern info`)"
         if device.type not in ("cpu", "cuda"):
             return f"the cpp backend runs on cpu and cuda, not {device.type}"
+    if name == "triton":
+        return _triton_reason(device)
+    return None
+
+
+def _triton_reason(device: torch.device) -> str | None:
+    """Why the triton backend cannot run on ``device``: triton must import; on cpu the kernels
+    must be interpreted, which ``TRITON_INTERPRET=1`` decides when ``eqkern.triton`` is imported."""
+    import sys
+
+    from .. import _build
+
+    version, error = _build._triton()
+    if version is None:
+        return f"{error} (install triton>=3.6)"
+    if device.type == "cuda":
+        return None
+    if device.type != "cpu":
+        return f"the triton backend runs on cuda (and on cpu in the interpreter), not {device.type}"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "triton runs on cpu only in interpreter mode: set TRITON_INTERPRET=1 before importing eqkern"
+    loaded = sys.modules.get("eqkern.triton._common")
+    if loaded is not None and not loaded.INTERPRET:
+        return ("eqkern.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are "
+                "compiled for a GPU: set it before the first import")
     return None
 
 
@@ -67,6 +94,20 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
     return name
 
 
-def get_backend(name: str | None, device: torch.device) -> ModuleType:
-    """The backend module selected by :func:`resolve_backend`."""
-    return BACKENDS[resolve_backend(name, device)]
+# Backends whose settle step and update include the LE/KD(W) nudge terms (eqkern.augment).
+AUGMENT_BACKENDS = ("reference", "torch")
+
+
+def get_backend(name: str | None, device: torch.device, model=None) -> ModuleType:
+    """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
+
+    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only: asking for
+    another one by name is an error, the default falls back to ``torch``.
+    """
+    chosen = resolve_backend(name, device)
+    if model is not None and model.augment is not None and chosen not in AUGMENT_BACKENDS:
+        if name or os.environ.get("EQKERN_BACKEND"):
+            raise ValueError(f"backend {chosen!r} does not implement the LE/KD nudge terms yet; "
+                             f"use one of {AUGMENT_BACKENDS}")
+        chosen = "torch"
+    return BACKENDS[chosen]

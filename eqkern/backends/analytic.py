@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import activate, activate_
+from ..augment import aux_error, aux_weight_grad, labels_of
 from ..model import CRNN, Conv
 from .common import Phase, accumulate_grads
 
@@ -51,12 +52,11 @@ def layer_drives(
     u = input_drive
     for i in range(n_layers):
         s = state[i]
-        u_next = d = nudge = None
+        u_next = d = None
         if i + 1 < n_layers:
             u_next, idx = model.drive(i + 1, s)
             d = model.feedback(i + 1, state[i + 1], idx, s.shape)
-        elif beta != 0.0:
-            nudge = model.output_nudge(s, y, beta)
+        nudge = model.layer_nudge(i, s, y, beta) if beta != 0.0 else None
         yield i, u, d, nudge
         u = u_next
 
@@ -170,17 +170,34 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
         inputs = torch.cat([a.state[i], b.state[i]])
     if model.out is not None:
         grads += _readout_grads(model, y, a, b)
-    accumulate_grads(list(model.parameters()), grads)
+    grads += _aux_grads(model, y, a, b)
+    params = list(model.parameters())
+    accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
 
 
-def _readout_grads(model: CRNN, y: torch.Tensor, a: Phase, b: Phase) -> list[torch.Tensor]:
+def _readout_grads(model: CRNN, y, a: Phase, b: Phase) -> list[torch.Tensor]:
     """``(β_a ∂L/∂W_out(s_a) − β_b ∂L/∂W_out(s_b)) / ((β_a − β_b)·batch)`` for CE, and the bias."""
-    onehot = F.one_hot(y.long(), model.num_classes)
+    onehot = F.one_hot(labels_of(y).long(), model.num_classes)
     errs, feats = [], []
     for phase, sign in ((a, 1.0), (b, -1.0)):
         feat = phase.state[-1].flatten(1)
         errs.append((torch.softmax(model.out(feat), dim=1) - onehot) * (sign * phase.beta))
         feats.append(feat)
     err, feat = torch.cat(errs), torch.cat(feats)
-    norm = 1.0 / ((a.beta - b.beta) * y.shape[0])
+    norm = 1.0 / ((a.beta - b.beta) * len(onehot))
     return [err.t() @ feat * norm, err.sum(0) * norm]
+
+
+def _aux_grads(model: CRNN, y, a: Phase, b: Phase) -> list[torch.Tensor]:
+    """The LE projections / KDW maps: ``κ (β_a ∂L_aug/∂θ(s_a) − β_b ∂L_aug/∂θ(s_b)) / (β_a − β_b)``
+    per batch sample (Lin eq. 20, symmetric average for ±β)."""
+    grads = []
+    for j, i in enumerate(model.augment.layers if len(model.aux) else ()):
+        mod, total = model.aux_module(j), None
+        for phase, sign in ((a, 1.0), (b, -1.0)):
+            s = phase.state[i]
+            g = aux_weight_grad(model.augment, mod, aux_error(model.augment, mod, j, s, y), s)
+            g = g * (sign * phase.beta)
+            total = g if total is None else total + g
+        grads.append(total * (model.kappa / ((a.beta - b.beta) * len(labels_of(y)))))
+    return grads

@@ -32,7 +32,7 @@ def primitive(
     """Φ_β(x, s, θ) summed over the batch (SPEC §1, Lin eq. 1 and 10, Laborieux eq. 6).
 
     ``Φ = Σ_l ⟨s_{l+1}, P_l(W_l * s_l + b_l)⟩ (conv) or ⟨s_{l+1}, W_l·flat(s_l) + b_l⟩ (FC)``,
-    ``Φ_β = Φ − β·L(ŷ, y)``. With ``scaled=True`` each coupling term is split so that its
+    ``Φ_β = Φ − β·L(ŷ, y) − βκ Σ_i L_aug,i(s_i)``. With ``scaled=True`` each coupling term is split so that its
     gradient is ``α_{l+1}`` times the bottom-up drive of ``s_{l+1}`` and ``γ_l`` times the top-down
     term of ``s_l`` (FRE-RNN scales); the split is a pseudo-energy for the dynamics only.
     """
@@ -48,7 +48,7 @@ def primitive(
             phi = phi + (s * model.drive(i, s_in)[0]).sum()
         s_in = s
     if beta != 0.0:
-        phi = phi - beta * model.loss(state[-1], y)
+        phi = phi - beta * (model.loss(state[-1], y) + model.augmented_loss(state, y))
     return phi
 
 
@@ -75,7 +75,7 @@ def settle(
 
 def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
     """Add ``−[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` to every ``.grad``."""
-    params = [p for p in model.parameters()]
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen LE projections: none
     with torch.enable_grad():
         delta = primitive(model, x, a.state, a.beta, y) - primitive(model, x, b.state, b.beta, y)
         delta = -delta / ((a.beta - b.beta) * x.shape[0])
