@@ -16,6 +16,12 @@ from .learning import EPResult, ep_gradients, free_phase
 from .model import CRNN, Conv, Linear
 from .settle import settle
 from .train import TrainConfig, evaluate, train
+from .augmentation import crop_flip
+from .presets import Preset, get_preset, list_presets
+from .schedules import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
+                        make_schedule)
+from .teacher import load_teacher, teacher_features, train_teacher
+from .vgg import TrainResult, train_vgg
 
 
 def info() -> dict:
@@ -29,4 +35,7 @@ __all__ = [
     "CRNN", "Conv", "Linear", "settle", "ep_gradients", "free_phase", "EPResult",
     "bptt_gradients", "BPTTResult", "check_gdu", "format_gdu", "available_backends",
     "resolve_backend", "train", "TrainConfig", "evaluate", "info", "__version__",
+    "train_vgg", "TrainResult", "Preset", "get_preset", "list_presets", "train_teacher",
+    "teacher_features", "load_teacher", "crop_flip", "make_schedule", "ConstantKappa",
+    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``eqkern info | demo | gdu`` (also ``python -m eqkern …``)."""
+"""Command line: ``eqkern info | demo | gdu | presets | train | teacher`` (also ``python -m eqkern …``)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,59 @@ def cmd_gdu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import PRESETS, format_presets, get_preset
+
+    if args.name:
+        p = get_preset(args.name)
+        for key, value in p.to_dict().items():
+            print(f"{key:18s} {value}")
+        return 0
+    print(format_presets())
+    print("\nnotes (eqkern presets --name NAME shows every field):")
+    for p in PRESETS.values():
+        print(f"- {p.name} [{p.source}]: {p.notes}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .presets import get_preset, parse_overrides
+    from .vgg import train_vgg
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = get_preset(args.preset)
+    overrides = parse_overrides(args.set or [], base)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.backend is not None:
+        overrides["backend"] = args.backend
+    cfg = get_preset(base, **overrides)
+    out = args.out or f"runs/{cfg.name}"
+    print(f"eqkern train: {cfg.name} on {cfg.dataset}, {cfg.epochs} epochs, width {cfg.width:g}, "
+          f"T_free={cfg.t_free}, T_nudge={cfg.t_nudge}, beta={cfg.beta}, out {out}")
+    res = train_vgg(cfg, data_root=args.data_root, teacher=args.teacher, out_dir=out,
+                    resume=args.resume, device=args.device, progress=not args.no_progress)
+    if res.history:
+        best = max(res.test_acc)
+        print(f"final test accuracy {res.test_acc[-1]:.2f} % (best {best:.2f} %); metrics "
+              f"{out}/metrics.jsonl, curves {out}/curves.png")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .teacher import train_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = train_teacher(args.arch, args.dataset, args.epochs, args.out, data_root=args.data_root,
+                        batch_size=args.batch_size, lr=args.lr, width=args.width,
+                        limit_train=args.train_size, limit_test=args.test_size, device=args.device,
+                        seed=args.seed, progress=not args.no_progress)
+    print(f"teacher {args.arch}: test accuracy {res.history[-1]['test_acc']:.2f} %, saved to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eqkern", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,6 +170,43 @@ def build_parser() -> argparse.ArgumentParser:
     gdu.add_argument("--dtype", choices=list(DTYPES), default="float64")
     gdu.add_argument("--png", default=None, help="also write a bar chart here")
     gdu.set_defaults(func=cmd_gdu)
+
+    pr = sub.add_parser("presets", help="the paper presets (Lin Tables 5-6, Laborieux, FRE-RNN)")
+    pr.add_argument("--name", default=None, help="show every field of one preset")
+    pr.set_defaults(func=cmd_presets)
+
+    tr = sub.add_parser("train", help="train a paper preset (augmented EP) with checkpoints")
+    tr.add_argument("--preset", required=True, help="a name from `eqkern presets`")
+    tr.add_argument("--epochs", type=int, default=None)
+    tr.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a preset field, e.g. --set width=1/8 --set t_free=50 "
+                         "--set lr=0.03,0.05 (repeatable)")
+    tr.add_argument("--teacher", default=None, help="KD: teacher checkpoint from `eqkern teacher`")
+    tr.add_argument("--out", default=None, help="output folder (default runs/PRESET)")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    tr.add_argument("--backend", default=None, help="reference | torch | cpp | triton")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    te = sub.add_parser("teacher", help="train a BP VGG teacher for KD presets")
+    te.add_argument("--arch", default="vgg19", help="vgg7 vgg10 vgg11 vgg12 vgg13 vgg15 vgg16 vgg19")
+    te.add_argument("--dataset", default="cifar10")
+    te.add_argument("--data-root", default=None)
+    te.add_argument("--epochs", type=int, default=200)
+    te.add_argument("--batch-size", type=int, default=128)
+    te.add_argument("--lr", type=float, default=0.05)
+    te.add_argument("--width", type=float, default=1.0, help="factor on every width (match the student)")
+    te.add_argument("--train-size", type=int, default=None)
+    te.add_argument("--test-size", type=int, default=None)
+    te.add_argument("--device", default=None)
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--threads", type=int, default=None)
+    te.add_argument("--no-progress", action="store_true")
+    te.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    te.set_defaults(func=cmd_teacher)
     return p
 
 
@@ -124,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         print(f"eqkern {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last finished epoch's checkpoint is kept (--resume)", file=sys.stderr)
+        print("interrupted: the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130
 
 

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_training_curves", "plot_gdu"]
+__all__ = ["plot_training_curves", "plot_gdu", "plot_layer_curves"]
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike) -> Path:
@@ -96,4 +96,43 @@ def plot_gdu(table: Sequence[dict], path: str | os.PathLike, *,
     ax.legend(handles, [h.get_label() for h in handles], loc="lower center",
               bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
     fig.suptitle(title or "GDU check: EP update vs BPTT gradient per parameter")
+    return _save_atomic(fig, path)
+
+
+def plot_layer_curves(history: Sequence[dict], path: str | os.PathLike, *,
+                      title: str | None = None) -> Path:
+    """Four panels vs epoch: accuracy, loss, and per state layer the mean |state| of the free
+    equilibrium and per weight layer the mean |update| (Lin Fig. 5), from ``state_abs`` /
+    ``update_abs`` lists in each record. Returns the PNG path."""
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    panels = (("accuracy (%)", ("train_acc", "test_acc")), ("loss", ("train_loss", "test_loss")))
+    for ax, (ylabel, keys) in zip(axes[:2], panels):
+        for key in keys:
+            pts = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=key.split("_")[0])
+        ax.set_ylabel(ylabel)
+    for ax, key, ylabel in ((axes[2], "state_abs", "mean |state| (free phase)"),
+                            (axes[3], "update_abs", "mean |update| per parameter")):
+        n = max((len(h.get(key) or ()) for h in history), default=0)
+        for layer in range(n):
+            pts = [(e, h[key][layer]) for e, h in zip(epochs, history)
+                   if h.get(key) and len(h[key]) > layer and h[key][layer] > 0]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=f"layer {layer + 1}")
+        if n:
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", ncols=2 if len(ax.get_lines()) > 6 else 1)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
     return _save_atomic(fig, path)
