@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .backends import analytic
+from .learning import scalar
 from .model import CRNN
 from .settle import check_phase_args
 
@@ -50,4 +51,4 @@ def bptt_gradients(
     final = [s.detach() for s in state]
     with torch.no_grad():
         predictions = model.predict(final)
-    return BPTTResult(final, predictions, loss.item())
+    return BPTTResult(final, predictions, scalar(loss))

@@ -128,6 +128,33 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .memory import format_memory_table, memory_table, preset_model, profile_memory
+
+    if args.table:
+        rows = memory_table(batch=args.batch, bptt_steps=args.bptt_steps, device=args.device)
+        print(format_memory_table(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        if args.png:
+            from .plots import plot_memory
+
+            print(f"wrote {plot_memory(rows, args.png)}")
+        return 0
+    if not args.preset:
+        raise ValueError("give --preset NAME or --table")
+    for method in ("ep", "bptt"):
+        model, p = preset_model(args.preset, "none" if method == "bptt" else None)
+        t_free = p.t_free if method == "ep" else args.bptt_steps
+        prof = profile_memory(model, method=method, batch=args.batch, t_free=t_free,
+                              t_nudge=p.t_nudge, beta=p.beta, device=args.device)
+        print(f"{args.preset} {method.upper():4s} batch {args.batch}, {prof.steps} steps: peak "
+              f"{prof.peak_mb:.0f} MB (baseline {prof.baseline_bytes / 2**20:.0f} MB); "
+              f"measured with {prof.measured_with}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eqkern", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -207,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--no-progress", action="store_true")
     te.add_argument("--out", required=True, help="checkpoint path (.pt)")
     te.set_defaults(func=cmd_teacher)
+    mem = sub.add_parser("memory", help="peak memory of one training iteration, EP vs BPTT")
+    mem.add_argument("--preset", default=None, help="EP as the preset says, BPTT of its network")
+    mem.add_argument("--table", action="store_true", help="Lin Table 2: VGG-7/10/11/12/13")
+    mem.add_argument("--batch", type=int, default=128)
+    mem.add_argument("--bptt-steps", type=int, default=140)
+    mem.add_argument("--device", default="meta",
+                     help="meta (exact accounting, no arithmetic; default), cpu, or cuda")
+    mem.add_argument("--json", default=None, help="with --table: write the rows here")
+    mem.add_argument("--png", default=None, help="with --table: bar chart here")
+    mem.set_defaults(func=cmd_memory)
     return p
 
 

@@ -16,6 +16,11 @@ Estimator = Literal["symmetric", "one_sided", "random_sign"]
 ESTIMATORS = ("symmetric", "one_sided", "random_sign")
 
 
+def scalar(t: torch.Tensor) -> float:
+    """``t.item()``, or NaN for a meta tensor (memory profiles run the step on meta tensors)."""
+    return float("nan") if t.device.type == "meta" else t.item()
+
+
 @dataclass
 class EPResult:
     """What one EP gradient estimate saw.
@@ -78,7 +83,7 @@ def ep_gradients(
         else:
             other = Phase(free, 0.0)
         be.hebbian_update(model, x, y, Phase(plus, beta), other)
-        loss = model.loss(free[-1], y).item() / batch
+        loss = scalar(model.loss(free[-1], y)) / batch
         predictions = model.predict(free)
     return EPResult(free, predictions, loss, beta)
 

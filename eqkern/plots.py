@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_training_curves", "plot_gdu", "plot_layer_curves"]
+__all__ = ["plot_training_curves", "plot_gdu", "plot_layer_curves", "plot_memory"]
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike) -> Path:
@@ -135,4 +135,34 @@ def plot_layer_curves(history: Sequence[dict], path: str | os.PathLike, *,
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
+    return _save_atomic(fig, path)
+
+
+def plot_memory(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Bar chart of peak memory per network and variant (EP variants vs BPTT), log scale, with
+    Lin Table 2's figures beside ours where the paper has one. ``rows`` from
+    :func:`eqkern.memory.memory_table`."""
+    nets = list(dict.fromkeys(r["network"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.add_subplot()
+    width = 0.8 / (2 * len(variants))
+    for k, variant in enumerate(variants):
+        for source, key, alpha in (("eqkern", "peak_mb", 1.0), ("Lin Table 2", "paper_mb", 0.35)):
+            xs, ys = [], []
+            for n, net in enumerate(nets):
+                r = next((r for r in rows if r["network"] == net and r["variant"] == variant), None)
+                if r is not None and r.get(key):
+                    offset = (2 * k + (key == "paper_mb")) * width
+                    xs.append(n + offset)
+                    ys.append(r[key])
+            label = f"{variant} ({source})"
+            ax.bar(xs, ys, width, alpha=alpha, color=f"C{k}", label=label)
+    ax.set_xticks([n + 0.4 - width / 2 for n in range(len(nets))], nets)
+    ax.set_yscale("log")
+    ax.set_ylabel("peak memory of one iteration (MB)")
+    ax.set_title(f"EP vs BPTT, batch {rows[0]['batch']} ({rows[0]['measured_with']})", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
     return _save_atomic(fig, path)
