@@ -22,7 +22,6 @@ import torch
 _BUILD_INFO_PATH = Path(__file__).with_name("_build_info.json")
 _REINSTALL = "reinstall with `pip install --no-build-isolation -e .`"
 _OP = "eqkern::settle_epilogue_"  # an op every build registers, used to probe the dispatcher
-_TRITON_TODO = "not implemented (issue 4)"
 
 
 def _load_extension() -> str | None:
@@ -121,7 +120,7 @@ def info() -> dict:
     for device in ("cpu", "cuda"):
         reasons = {"reference": None, "torch": None, "cpp": _cpp_reason(device)}
         prereq = _triton_prerequisite(device, gpu_count > 0)
-        reasons["triton"] = _TRITON_TODO + (f"; also {prereq}" if prereq else "")
+        reasons["triton"] = prereq if device == "cpu" else _triton_prerequisite(device, True)
         backends[device] = {k: {"available": v is None, "reason": v} for k, v in reasons.items()}
     return {
         "versions": {

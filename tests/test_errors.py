@@ -64,7 +64,13 @@ def test_unknown_estimator_and_backend(setup):
         ep_gradients(model, x, y, beta=0.1, t_free=2, t_nudge=2, estimator="two_sided")
     with pytest.raises(ValueError, match="unknown backend 'cuda_magic'"):
         settle(model, x, model.init_state(2), 0.0, 1, backend="cuda_magic")
-    with pytest.raises(ValueError, match="not implemented yet"):
+
+
+def test_triton_on_cpu_needs_the_interpreter(setup, monkeypatch):
+    """Without TRITON_INTERPRET=1 the triton backend cannot run on cpu, and says how to fix it."""
+    model, x, _ = setup
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="set TRITON_INTERPRET=1 before importing eqkern"):
         settle(model, x, model.init_state(2), 0.0, 1, backend="triton")
 
 

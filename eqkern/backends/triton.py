@@ -1,0 +1,161 @@
+"""Backend ``triton``: the analytic settling step and Hebbian update of :mod:`.analytic` as fused kernels.
+
+Same schedule and same terms as :mod:`.analytic` (compare the two line by line); per step and layer:
+
+    bottom-up  u_l = P_{l-1}(W_{l-1} * s_{l-1} + b_{l-1})   eqkern::forward_pool_triton (indices too)
+    top-down   d_l = conv_transpose(unpool(s_{l+1}, idx_l), W_l)  ┐ eqkern::feedback_settle_triton:
+    nudge      n_l = model.layer_nudge (torch: soft-max read-out)  │ gather through idx_l, implicit
+    s_l  ←  ρ(α_l u_l + γ_l d_l + n_l)                              ┘ GEMM, epilogue, store in place
+
+Two launches per layer and step, none for the unpooled map or ``d_l`` (never in memory). Layers are
+updated in place in the order 1…N: layer ``l``'s forward conv (giving ``u_{l+1}`` and ``idx_l``) runs
+before the launch that overwrites ``s_l``, and ``s_{l+1}`` is still the old one when ``d_l`` is read,
+which equals the synchronous update. A fully connected connection runs through the same kernels
+as a 1×1 convolution on a 1×1 map (its input flattened to ``(B, F, 1, 1)``).
+
+Dtypes: fp32, fp16 and bf16 storage with fp32 arithmetic inside the kernels; fp64 storage runs the
+same kernels with fp64 loads, dots and epilogue (the interpreter and the GPU both support fp64
+``tl.dot``), so the fp64 tests hold it to 1e-12 like the other backends.
+
+On CPU the kernels run in Triton's interpreter, which needs ``TRITON_INTERPRET=1`` before
+``eqkern.triton`` is first imported (this module imports it lazily, on first use): that is a test
+and debugging path, not a fast one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..activations import ACTIVATION_CODES
+from ..model import CRNN, Conv
+from . import analytic
+from .common import Phase, accumulate_grads
+
+
+def _kernels():
+    """The custom ops, imported on first use (decorating the kernels reads TRITON_INTERPRET)."""
+    from ..triton import feedback_settle_triton, forward_pool_triton, hebbian_triton
+
+    return forward_pool_triton, feedback_settle_triton, hebbian_triton
+
+
+def _conn(model: CRNN, i: int) -> tuple[torch.Tensor, torch.Tensor, int, int, bool]:
+    """``(weight (CO, C, k, k), bias, k, padding, pool)`` of connection ``i`` (FC: 1×1, no padding)."""
+    spec, conn = model.specs[i], model.connections[i]
+    if isinstance(spec, Conv):
+        return conn.weight, conn.bias, spec.kernel_size, spec.padding, spec.pool
+    return conn.weight.view(*conn.weight.shape, 1, 1), conn.bias, 1, 0, False
+
+
+def _as_input(model: CRNN, i: int, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (the input of connection ``i``) as the 4-D map that connection reads.
+
+    A view of a contiguous ``t`` (the kernels store through it: :func:`settle` keeps the state
+    contiguous), a copy otherwise."""
+    return t if isinstance(model.specs[i], Conv) else t.reshape(t.shape[0], -1, 1, 1)
+
+
+def _as_map(t: torch.Tensor) -> torch.Tensor:
+    """A state layer as a 4-D map: conv layers as they are, FC layers ``(B, F, 1, 1)``."""
+    return t if t.dim() == 4 else t.reshape(t.shape[0], -1, 1, 1)
+
+
+def drive(model: CRNN, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(u, idx)`` of connection ``i`` (as ``CRNN.drive``, in one launch); ``u`` is 4-D."""
+    forward_pool, _, _ = _kernels()
+    weight, bias, _, padding, pool = _conn(model, i)
+    u, idx = forward_pool(_as_input(model, i, s_in), weight, bias, padding, pool)
+    return u, (idx if pool else None)
+
+
+@torch.no_grad()
+def step_(
+    model: CRNN,
+    input_drive: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float,
+    y: torch.Tensor | None,
+) -> None:
+    """One synchronous step, in place on ``state`` (two launches per layer)."""
+    _, feedback_settle, _ = _kernels()
+    n_layers = len(state)
+    u = input_drive
+    for i in range(n_layers):
+        s, spec = state[i], model.specs[i]
+        code = ACTIVATION_CODES[spec.activation]
+        # Everything that reads the old s_i (nudge, forward conv, pool indices) runs before the
+        # launch that overwrites it.
+        nudge = model.layer_nudge(i, s, y, beta) if beta != 0.0 else None
+        if i + 1 < n_layers:
+            u_next, idx = drive(model, i + 1, s)
+            weight, _, _, padding, _ = _conn(model, i + 1)
+            target = _as_input(model, i + 1, s)
+            s_up = _as_map(state[i + 1])
+        else:
+            u_next = idx = weight = s_up = None
+            padding, target = 0, _as_map(s)
+        feedback_settle(target, u.view(target.shape),
+                        None if nudge is None else nudge.reshape(target.shape), s_up, idx, weight,
+                        padding, spec.alpha, spec.gamma, code)
+        u = u_next
+
+
+def _contiguous_state(state: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernels store through views of the state layers, so they must be contiguous."""
+    return [s if s.is_contiguous() else s.contiguous() for s in state]
+
+
+@torch.no_grad()
+def settle(
+    model: CRNN,
+    x: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float,
+    steps: int,
+    y: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """Run ``steps`` steps in place; the input drive ``u_0`` is computed once for the phase."""
+    work = _contiguous_state(state)
+    input_drive = drive(model, 0, x)[0]
+    for _ in range(steps):
+        step_(model, input_drive, work, beta, y)
+    for s, w in zip(state, work):
+        if s is not w:  # a non-contiguous layer was updated in a copy
+            s.copy_(w)
+    return state
+
+
+@torch.no_grad()
+def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
+    """The contrastive Hebbian update, added to every ``.grad`` (SPEC §2), one launch per layer.
+
+    ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)``. Per layer one
+    ``eqkern::hebbian_triton`` launch over both phases (weight and bias), after one
+    ``forward_pool`` launch for the pool indices of each phase's own equilibrium (one for layer 0,
+    whose input ``x`` both phases share); the read-out and the LE/KDW maps get the analytic
+    backend's torch GEMMs.
+    """
+    _, _, hebbian = _kernels()
+    scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
+    in_a = in_b = x
+    grads: list[torch.Tensor] = []
+    for i, conn in enumerate(model.connections):
+        _, _, kernel_size, padding, pool = _conn(model, i)
+        ia, ib = _as_input(model, i, in_a), _as_input(model, i, in_b)
+        idx_a = idx_b = None
+        if pool:
+            if i == 0:
+                idx_a = idx_b = drive(model, i, ia)[1]
+            else:
+                idx = drive(model, i, torch.cat([ia, ib]))[1]
+                idx_a, idx_b = idx[: x.shape[0]], idx[x.shape[0]:]
+        # Layer 0: both phases see the same clamped x; the kernel subtracts before the GEMM.
+        gw, gb = hebbian(ia, ib, _as_map(a.state[i]), _as_map(b.state[i]), idx_a, idx_b,
+                         kernel_size, padding, scale, i == 0)
+        grads += [gw.view_as(conn.weight), gb]
+        in_a, in_b = a.state[i], b.state[i]
+    if model.out is not None:
+        grads += analytic._readout_grads(model, y, a, b)
+    grads += analytic._aux_grads(model, y, a, b)
+    params = list(model.parameters())
+    accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
