@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import PROVIDERS, record_env, require_provider
 from eqkern import settle
 from eqkern.backends import get_backend
 from eqkern.backends.common import Phase
+
+
+# The "conv floor" of one step: the convolutions a step must run and nothing else (the forward conv
+# of every layer above the input and the transposed convs; the input conv is computed once per
+# phase). "conv-floor" in the layout the reference and torch backends use (NCHW), "conv-floor-cl"
+# in the channels-last layout the cpp backend uses on CPU.
+FLOOR_PROVIDERS = ["conv-floor", "conv-floor-cl"]
+# A whole free phase from the zero state (beta = 0), this many steps.
+FREE_STEPS = 6
+
+
+def conv_floor_step(model, state, channels_last: bool):
+    """A function running the convolutions of one settling step of ``model`` from ``state``."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = lambda t: t.contiguous(memory_format=fmt) if t.dim() == 4 else t  # noqa: E731
+    st = [conv(s) for s in state]
+    ws = [conv(c.weight) for c in model.connections]
+
+    def step():
+        for j in range(1, model.num_layers):
+            c, spec = model.connections[j], model.specs[j]
+            if ws[j].dim() == 4:
+                pre = F.conv2d(st[j - 1], ws[j], c.bias, padding=spec.padding)
+                F.conv_transpose2d(pre, ws[j], padding=spec.padding)  # its input has pre's shape
+            else:
+                F.linear(st[j - 1].flatten(1), ws[j], c.bias)
+                st[j] @ ws[j]
+
+    return step
 
 
 # A phase of this many steps is timed: backends that compute the input drive once per phase
@@ -30,6 +60,49 @@ def test_settle_step(benchmark, provider, size):
     benchmark.pedantic(settle, args=(model, x, state, 0.5, PHASE_STEPS, y),
                        kwargs={"backend": provider}, rounds=3, warmup_rounds=1)
     assert all(torch.isfinite(s).all() for s in state)
+
+
+@pytest.mark.parametrize("provider", FLOOR_PROVIDERS)
+def test_settle_step_conv_floor(benchmark, provider, size):
+    """The convolutions of one step alone (group settle-step: the floor of the providers above)."""
+    name, (model, x, y) = size
+    benchmark.group = f"settle-step-{name}"
+    benchmark.extra_info["steps"] = 1
+    record_env(benchmark)
+    state = model.init_state(x.shape[0])
+    settle(model, x, state, 0.0, 3, backend="torch")
+    with torch.no_grad():
+        benchmark.pedantic(conv_floor_step(model, state, provider == "conv-floor-cl"), rounds=3,
+                           warmup_rounds=1)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS + FLOOR_PROVIDERS)
+def test_free_phase(benchmark, provider, size):
+    """A whole free phase of FREE_STEPS steps from the zero state (reported per step)."""
+    name, (model, x, y) = size
+    benchmark.group = f"free-phase-{name}"
+    benchmark.extra_info["steps"] = FREE_STEPS
+    record_env(benchmark)
+    if provider in FLOOR_PROVIDERS:  # the floor of a phase: FREE_STEPS conv floors + one input conv
+        state = model.init_state(x.shape[0])
+        settle(model, x, state, 0.0, 3, backend="torch")
+        step = conv_floor_step(model, state, provider == "conv-floor-cl")
+        conn, spec = model.connections[0], model.specs[0]
+
+        def run():
+            with torch.no_grad():
+                F.conv2d(x, conn.weight, conn.bias, padding=spec.padding)
+                for _ in range(FREE_STEPS):
+                    step()
+
+        benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+        return
+    require_provider(provider)
+
+    def run():
+        settle(model, x, model.init_state(x.shape[0]), 0.0, FREE_STEPS, backend=provider)
+
+    benchmark.pedantic(run, rounds=2, warmup_rounds=0)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

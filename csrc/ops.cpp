@@ -26,4 +26,19 @@ TORCH_LIBRARY(eqkern, m) {
   m.def(
       "settle_epilogue_(Tensor(a!) state, Tensor bottom_up, Tensor? top_down, Tensor? nudge, "
       "float alpha, float gamma, int activation) -> ()");
+  // The whole settling loop of a network, in place on `state` (csrc/settle_loop.cpp). Layer i:
+  // kinds[i] 0 = conv (k x k stride 1, zero padding paddings[i], 2x2 max-pool if pools[i]) or
+  // 1 = linear; activations[i] a code as above; alphas[i] / gammas[i] the forward / feedback scales.
+  // Read-out: CE when out_weight/out_bias are given, else MSE on the last state layer.
+  m.def(
+      "settle(Tensor x, Tensor[] weights, Tensor[] biases, int[] kinds, int[] paddings, int[] pools, "
+      "int[] activations, float[] alphas, float[] gammas, Tensor? out_weight, Tensor? out_bias, "
+      "Tensor? targets, float beta, int steps, Tensor(a!)[] state) -> ()");
+  // The contrastive Hebbian update of all layers (and the CE read-out), added into `grads`
+  // (weight, bias of every layer, then out_weight, out_bias):
+  //   g = -[dPhi_{beta_a}/dtheta(state_a) - dPhi_{beta_b}/dtheta(state_b)] / ((beta_a - beta_b) batch)
+  m.def(
+      "hebbian_update(Tensor x, Tensor[] weights, Tensor[] biases, int[] kinds, int[] paddings, "
+      "int[] pools, Tensor? out_weight, Tensor? out_bias, Tensor? targets, Tensor[] state_a, "
+      "float beta_a, Tensor[] state_b, float beta_b, Tensor(a!)[] grads) -> ()");
 }

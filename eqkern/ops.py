@@ -7,12 +7,14 @@ pure-torch ``<op>_ref`` next to it that the tests compare against.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import torch
 
 from . import _build  # loads eqkern._C, which registers the eqkern::* kernels
 from .activations import ACTIVATION_CODES, activate, check_activation
 
-__all__ = ["settle_epilogue_", "settle_epilogue_ref"]
+__all__ = ["settle_epilogue_", "settle_epilogue_ref", "settle", "hebbian_update", "NetworkArgs", "network_args"]
 
 
 def _require_cpp(op: str) -> None:
@@ -98,3 +100,135 @@ def settle_epilogue_ref(
     if nudge is not None:
         u = u + nudge
     return activate(activation, u).to(state.dtype)
+
+
+# -- whole-network ops: eqkern::settle and eqkern::hebbian_update ------------------------------------
+
+class NetworkArgs(NamedTuple):
+    """A CRNN flattened into the arguments of the whole-network ops (one entry per layer).
+
+    kinds: 0 = conv, 1 = linear; paddings / pools (0 or 1): of the convs (0 for linear layers);
+    activations: codes of ``ACTIVATION_CODES``; out_weight / out_bias: the CE read-out, or None (MSE).
+    """
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    kinds: list[int]
+    paddings: list[int]
+    pools: list[int]
+    activations: list[int]
+    alphas: list[float]
+    gammas: list[float]
+    out_weight: torch.Tensor | None
+    out_bias: torch.Tensor | None
+
+
+def network_args(model) -> NetworkArgs:
+    """The :class:`NetworkArgs` of an ``eqkern.CRNN`` (its parameters themselves, no copies)."""
+    from .model import Conv
+
+    convs = [isinstance(spec, Conv) for spec in model.specs]
+    return NetworkArgs(
+        weights=[c.weight for c in model.connections],
+        biases=[c.bias for c in model.connections],
+        kinds=[0 if conv else 1 for conv in convs],
+        paddings=[spec.padding if conv else 0 for spec, conv in zip(model.specs, convs)],
+        pools=[int(spec.pool) if conv else 0 for spec, conv in zip(model.specs, convs)],
+        activations=[ACTIVATION_CODES[spec.activation] for spec in model.specs],
+        alphas=[float(spec.alpha) for spec in model.specs],
+        gammas=[float(spec.gamma) for spec in model.specs],
+        out_weight=model.out.weight if model.out is not None else None,
+        out_bias=model.out.bias if model.out is not None else None,
+    )
+
+
+def _check_devices(op: str, x: torch.Tensor, named: Sequence[tuple[str, torch.Tensor | None]]) -> None:
+    # A mix of devices would be dispatched to one device's kernel (or fail in the dispatcher for
+    # meta tensors) before the C++ checks run: say it here, in the words the C++ checks use.
+    for name, t in named:
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"eqkern.{op}: {name} is on {t.device} but x is on {x.device}")
+
+
+def settle(
+    x: torch.Tensor,
+    net: NetworkArgs,
+    state: Sequence[torch.Tensor],
+    beta: float,
+    steps: int,
+    targets: torch.Tensor | None = None,
+) -> None:
+    """Run ``steps`` steps of the dynamics of a whole network in C++, in place on ``state``.
+
+    x: (batch, *input_shape); state: one (batch, *layer_shape) tensor per layer, same dtype and
+    device as x, any strides; targets: (batch,) integer class ids, needed when beta != 0.
+    Each step updates the layers in the order 0..N-1 exactly as ``eqkern.backends.analytic``:
+    ``s_l ← ρ_l(α_l·P(W_{l-1} * s_{l-1} + b) + γ_l·conv_transpose(unpool(s_{l+1}), W_l) + n_l)``.
+    """
+    _require_cpp("settle")
+    _check_devices("settle", x, [(f"weights[{i}]", w) for i, w in enumerate(net.weights)]
+                   + [(f"state[{i}]", s) for i, s in enumerate(state)]
+                   + [("out_weight", net.out_weight), ("targets", targets)])
+    torch.ops.eqkern.settle.default(
+        x, net.weights, net.biases, net.kinds, net.paddings, net.pools, net.activations, net.alphas,
+        net.gammas, net.out_weight, net.out_bias, targets, float(beta), int(steps), list(state))
+
+
+def hebbian_update(
+    x: torch.Tensor,
+    net: NetworkArgs,
+    targets: torch.Tensor | None,
+    state_a: Sequence[torch.Tensor],
+    beta_a: float,
+    state_b: Sequence[torch.Tensor],
+    beta_b: float,
+    grads: Sequence[torch.Tensor],
+) -> None:
+    """Add the contrastive Hebbian update of every parameter into ``grads``, in place.
+
+    ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` (SPEC §2); the CE read-out
+    gets ``(β_a ∂L/∂θ(s_a) − β_b ∂L/∂θ(s_b)) / ((β_a − β_b)·batch)``. grads: weight and bias of every
+    layer, then out_weight and out_bias (CE), shaped like the parameters. targets: needed with CE.
+    """
+    _require_cpp("hebbian_update")
+    _check_devices("hebbian_update", x, [(f"state_a[{i}]", s) for i, s in enumerate(state_a)]
+                   + [(f"state_b[{i}]", s) for i, s in enumerate(state_b)]
+                   + [(f"grads[{i}]", g) for i, g in enumerate(grads)] + [("targets", targets)])
+    torch.ops.eqkern.hebbian_update.default(
+        x, net.weights, net.biases, net.kinds, net.paddings, net.pools, net.out_weight, net.out_bias,
+        targets, list(state_a), float(beta_a), list(state_b), float(beta_b), list(grads))
+
+
+def _check_like(op: str, name: str, t: torch.Tensor, like: torch.Tensor) -> None:
+    torch._check(t.dtype == like.dtype, lambda: f"eqkern.{op}: {name} has dtype {t.dtype}, x {like.dtype}")
+
+
+def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, out_weight,
+                 out_bias, targets, beta, steps, state) -> None:
+    # Mutates `state` and returns nothing: tracing only needs the checks the kernel would make.
+    n = len(weights)
+    torch._check(len(biases) == n and len(state) == n and len(kinds) == n,
+                 lambda: "eqkern.settle: weights, biases, kinds and state need one entry per layer")
+    torch._check(len(activations) == n and len(alphas) == n and len(gammas) == n,
+                 lambda: "eqkern.settle: activations, alphas and gammas need one entry per layer")
+    torch._check(steps >= 0, lambda: f"eqkern.settle: steps must be >= 0, got {steps}")
+    for i, t in enumerate(list(weights) + list(state)):
+        _check_like("settle", f"tensor {i}", t, x)
+    return None
+
+
+def _hebbian_update_fake(x, weights, biases, kinds, paddings, pools, out_weight, out_bias, targets,
+                         state_a, beta_a, state_b, beta_b, grads) -> None:
+    n = len(weights)
+    torch._check(len(state_a) == n and len(state_b) == n,
+                 lambda: "eqkern.hebbian_update: state_a and state_b need one tensor per layer")
+    torch._check(len(grads) == 2 * n + (2 if out_weight is not None else 0),
+                 lambda: "eqkern.hebbian_update: grads needs a weight and a bias per layer (+ read-out)")
+    for i, g in enumerate(grads):
+        _check_like("hebbian_update", f"grads[{i}]", g, x)
+    return None
+
+
+if _build.cpp_available():
+    torch.library.register_fake("eqkern::settle")(_settle_fake)
+    torch.library.register_fake("eqkern::hebbian_update")(_hebbian_update_fake)

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "pool_unpool_kernel.cuh"
 #include "settle_epilogue_kernel.cuh"
 
 namespace eqkern {
@@ -23,5 +24,17 @@ template bool launch_settle_epilogue<__nv_bfloat16, float>(__nv_bfloat16*, const
                                                            const __nv_bfloat16*, const __nv_bfloat16*,
                                                            float, float, int64_t, int64_t, int,
                                                            cudaStream_t);
+
+
+// The fused pool + unpool of eqkern::settle / eqkern::hebbian_update, one per storage dtype.
+template void launch_pool_unpool<float, float>(const float*, float*, float*, const float*, const float*, float,
+                                               PoolGeometry, int, cudaStream_t);
+template void launch_pool_unpool<double, double>(const double*, double*, double*, const double*, const double*,
+                                                 double, PoolGeometry, int, cudaStream_t);
+template void launch_pool_unpool<__half, float>(const __half*, __half*, __half*, const __half*, const __half*,
+                                                float, PoolGeometry, int, cudaStream_t);
+template void launch_pool_unpool<__nv_bfloat16, float>(const __nv_bfloat16*, __nv_bfloat16*, __nv_bfloat16*,
+                                                       const __nv_bfloat16*, const __nv_bfloat16*, float,
+                                                       PoolGeometry, int, cudaStream_t);
 
 }  // namespace eqkern

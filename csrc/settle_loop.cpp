@@ -1,0 +1,367 @@
+// eqkern::settle and eqkern::hebbian_update: the device-independent loops (see settle_loop.h).
+//
+// Per step and layer i (in place, in the order 0..N-1, as eqkern/backends/analytic.py):
+//   pre      = W_{i+1} * s_i + b_{i+1}                     forward conv of the OLD state[i] (ATen)
+//   u_{i+1}, unp = pool + unpool(state[i+1], argmax) of pre  one fused pass (DeviceKernels)
+//   d_i      = conv_transpose(unp, W_{i+1})                 ATen (W_{i+1}^T s_{i+1} for FC)
+//   n_N      = beta W_out^T (onehot - softmax(W_out s_N + b)) or beta (onehot - s_N)
+//   state[i] = rho(alpha_i u_i + gamma_i d_i + n_i)         one fused pass (DeviceKernels)
+// u_0 = P_0(W_0 * x + b_0) is computed once per call.
+#include "settle_loop.h"
+
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/record_function.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace eqkern {
+
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+using Shape = std::vector<int64_t>;
+
+// oneDNN's fp32/bf16 convolutions are faster in channels-last on CPU (measured on Laborieux's VGG-5,
+// bench/bench_settle.py); fp64 has no oneDNN path. EQKERN_CPP_CHANNELS_LAST=0|1 overrides.
+bool use_channels_last(const Tensor& x) {
+  const char* env = std::getenv("EQKERN_CPP_CHANNELS_LAST");
+  if (env != nullptr && env[0] != '\0') return std::strcmp(env, "0") != 0;
+  return x.is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+struct Layout {
+  bool channels_last;
+  at::MemoryFormat of(int64_t dim) const {
+    return dim == 4 && channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  }
+  Tensor make(const Tensor& t) const { return t.contiguous(of(t.dim())); }
+  Tensor empty(at::IntArrayRef sizes, const Tensor& like) const {
+    return at::empty(sizes, like.options().memory_format(of(static_cast<int64_t>(sizes.size()))));
+  }
+};
+
+Tensor conv_forward(const Tensor& s, const Tensor& w, const std::optional<Tensor>& b, int64_t pad) {
+  return at::convolution(s, w, b, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1);
+}
+
+Tensor conv_transposed(const Tensor& g, const Tensor& w, int64_t pad) {
+  return at::convolution(g, w, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, true, {0, 0}, 1);
+}
+
+void check_same(const char* op, const Tensor& t, const std::string& name, const Tensor& x) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+}
+
+std::string idx_name(const char* list, size_t i) { return std::string(list) + "[" + std::to_string(i) + "]"; }
+
+// Validates the network description against x; returns each state layer's shape (batch first).
+std::vector<Shape> check_network(const char* op, const Tensor& x, TensorList weights, TensorList biases,
+                                 at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools) {
+  const size_t n = weights.size();
+  TORCH_CHECK(n >= 1, op, ": weights is empty (a network needs at least one layer)");
+  TORCH_CHECK(biases.size() == n, op, ": biases has ", biases.size(), " tensors but weights has ", n);
+  TORCH_CHECK(kinds.size() == n && paddings.size() == n && pools.size() == n, op,
+              ": kinds, paddings and pools need one entry per layer (", n, "), got ", kinds.size(), ", ",
+              paddings.size(), ", ", pools.size());
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": x must be float32, float64, float16 or bfloat16, got ", dt);
+  TORCH_CHECK(x.dim() >= 2, op, ": x must be (batch, ...), got shape ", x.sizes());
+  std::vector<Shape> shapes;
+  Shape shape = x.sizes().vec();
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& w = weights[i];
+    const Tensor& b = biases[i];
+    check_same(op, w, idx_name("weights", i), x);
+    check_same(op, b, idx_name("biases", i), x);
+    if (kinds[i] == kConvLayer) {
+      TORCH_CHECK(shape.size() == 4, op, ": layer ", i, " is a conv but its input has shape ", at::IntArrayRef(shape));
+      TORCH_CHECK(w.dim() == 4 && w.size(1) == shape[1] && w.size(2) == w.size(3), op, ": weights[", i,
+                  "] has shape ", w.sizes(), " but a conv on ", shape[1],
+                  " input channels needs (out_channels, ", shape[1], ", k, k)");
+      TORCH_CHECK(paddings[i] >= 0, op, ": paddings[", i, "] is ", paddings[i]);
+      TORCH_CHECK(pools[i] == 0 || pools[i] == 1, op, ": pools[", i, "] must be 0 or 1, got ", pools[i]);
+      int64_t h = shape[2] + 2 * paddings[i] - w.size(2) + 1, wd = shape[3] + 2 * paddings[i] - w.size(3) + 1;
+      if (pools[i]) h /= 2, wd /= 2;
+      TORCH_CHECK(h >= 1 && wd >= 1, op, ": layer ", i, " turns an input of shape ", at::IntArrayRef(shape),
+                  " into an empty map");
+      shape = {shape[0], w.size(0), h, wd};
+    } else {
+      TORCH_CHECK(kinds[i] == kLinearLayer, op, ": kinds[", i, "] must be 0 (conv) or 1 (linear), got ", kinds[i]);
+      TORCH_CHECK(pools[i] == 0, op, ": pools[", i, "] must be 0 for a linear layer");
+      int64_t f = 1;
+      for (size_t d = 1; d < shape.size(); ++d) f *= shape[d];
+      TORCH_CHECK(w.dim() == 2 && w.size(1) == f, op, ": weights[", i, "] has shape ", w.sizes(),
+                  " but a linear layer on ", f, " input features needs (out_features, ", f, ")");
+      shape = {shape[0], w.size(0)};
+    }
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0), op, ": biases[", i, "] has shape ", b.sizes(),
+                ", expected (", w.size(0), ")");
+    shapes.push_back(shape);
+  }
+  return shapes;
+}
+
+void check_states(const char* op, const char* name, TensorList s, const std::vector<Shape>& shapes,
+                  const Tensor& x) {
+  TORCH_CHECK(s.size() == shapes.size(), op, ": ", name, " has ", s.size(), " tensors but the network has ",
+              shapes.size(), " layers");
+  for (size_t i = 0; i < s.size(); ++i) {
+    check_same(op, s[i], idx_name(name, i), x);
+    TORCH_CHECK(s[i].sizes() == at::IntArrayRef(shapes[i]), op, ": ", name, "[", i, "] has shape ", s[i].sizes(),
+                ", expected ", at::IntArrayRef(shapes[i]));
+  }
+}
+
+// Returns the one-hot targets (x's dtype) of the read-out, or an undefined tensor when not needed.
+Tensor check_readout(const char* op, const Tensor& x, const Shape& last,
+                     const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
+                     const std::optional<at::Tensor>& targets, bool need_targets) {
+  const bool ce = out_weight.has_value() && out_weight->defined();
+  int64_t classes;
+  if (ce) {
+    int64_t f = 1;
+    for (size_t d = 1; d < last.size(); ++d) f *= last[d];
+    check_same(op, *out_weight, "out_weight", x);
+    TORCH_CHECK(out_weight->dim() == 2 && out_weight->size(1) == f, op, ": out_weight has shape ",
+                out_weight->sizes(), " but the last state layer has ", f, " features");
+    TORCH_CHECK(out_bias.has_value() && out_bias->defined(), op, ": out_bias is missing (out_weight is given)");
+    check_same(op, *out_bias, "out_bias", x);
+    classes = out_weight->size(0);
+    TORCH_CHECK(out_bias->dim() == 1 && out_bias->size(0) == classes, op, ": out_bias has shape ",
+                out_bias->sizes(), ", expected (", classes, ")");
+  } else {
+    TORCH_CHECK(!(out_bias.has_value() && out_bias->defined()), op, ": out_bias given without out_weight");
+    TORCH_CHECK(last.size() == 2, op, ": without out_weight (MSE read-out) the last state layer must be "
+                "(batch, classes), got ", at::IntArrayRef(last));
+    classes = last[1];
+  }
+  if (!need_targets) return Tensor();
+  TORCH_CHECK(targets.has_value() && targets->defined(), op, ": targets are needed (beta != 0 or a read-out "
+              "gradient) but missing");
+  const Tensor& y = *targets;
+  TORCH_CHECK(y.dim() == 1 && y.size(0) == x.size(0), op, ": targets has shape ", y.sizes(), ", expected (",
+              x.size(0), ")");
+  TORCH_CHECK(!at::isFloatingType(y.scalar_type()) && y.scalar_type() != at::kBool, op,
+              ": targets must be integer class ids, got dtype ", y.scalar_type());
+  TORCH_CHECK(y.device() == x.device(), op, ": targets is on ", y.device(), " but x is on ", x.device());
+  return at::one_hot(y.to(at::kLong), classes).to(x.scalar_type());
+}
+
+// -beta dL/ds_N, shaped (and laid out) like s.
+Tensor output_nudge(const Tensor& s, const Tensor& onehot, const std::optional<at::Tensor>& ow,
+                    const std::optional<at::Tensor>& ob, double beta, const Layout& lay) {
+  if (ow.has_value() && ow->defined()) {
+    const Tensor feat = s.reshape({s.size(0), -1});
+    const Tensor err = onehot - at::softmax(at::addmm(*ob, feat, ow->t()), 1);
+    return lay.make(at::mm(err, *ow).mul_(beta).view(s.sizes()));
+  }
+  return at::sub(onehot, s).mul_(beta);
+}
+
+}  // namespace
+
+void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
+                 at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
+                 at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
+                 const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
+                 const std::optional<at::Tensor>& targets, double beta, int64_t steps, TensorList state) {
+  constexpr const char* op = "eqkern.settle";
+  const auto shapes = check_network(op, x, weights, biases, kinds, paddings, pools);
+  check_states(op, "state", state, shapes, x);
+  const size_t n = shapes.size();
+  TORCH_CHECK(activations.size() == n && alphas.size() == n && gammas.size() == n, op,
+              ": activations, alphas and gammas need one entry per layer (", n, "), got ", activations.size(),
+              ", ", alphas.size(), ", ", gammas.size());
+  TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(at::has_internal_overlap(state[i]) != at::MemOverlap::Yes, op, ": state[", i,
+                "] has internally overlapping memory (e.g. from expand)");
+  }
+  const Tensor onehot = check_readout(op, x, shapes.back(), out_weight, out_bias, targets, beta != 0.0);
+  if (steps == 0) return;
+
+  const Layout lay{use_channels_last(x)};
+  const int64_t batch = x.size(0);
+  // Working states in the layout the convolutions like; copied back at the end if they differ.
+  std::vector<Tensor> work(n), w(n);
+  for (size_t i = 0; i < n; ++i) {
+    work[i] = lay.make(state[i]);
+    w[i] = lay.make(weights[i]);
+  }
+  // u_0: constant over the call.
+  Tensor u0;
+  if (kinds[0] == kConvLayer) {
+    const Tensor pre = lay.make(conv_forward(lay.make(x), w[0], biases[0], paddings[0]));
+    if (pools[0]) {
+      u0 = lay.empty(shapes[0], x);
+      k.pool_unpool(pre, &u0, nullptr, nullptr, nullptr, 1.0);
+    } else {
+      u0 = pre;
+    }
+  } else {
+    u0 = at::addmm(biases[0], x.reshape({batch, -1}), w[0].t());
+  }
+  std::vector<Tensor> u_buf(n), unp_buf(n);  // reused across steps: every element is rewritten
+
+  for (int64_t t = 0; t < steps; ++t) {
+    Tensor u = u0;
+    for (size_t i = 0; i < n; ++i) {
+      Tensor& s = work[i];
+      Tensor u_next, d, nudge;
+      if (i + 1 < n) {
+        const size_t j = i + 1;
+        if (kinds[j] == kConvLayer) {
+          const Tensor pre = lay.make(conv_forward(s, w[j], biases[j], paddings[j]));
+          Tensor fb = work[j];
+          if (pools[j]) {
+            if (!u_buf[j].defined()) {
+              u_buf[j] = lay.empty(shapes[j], x);
+              unp_buf[j] = lay.empty(pre.sizes(), x);
+            }
+            RECORD_FUNCTION("eqkern::pool_unpool", std::vector<c10::IValue>());
+            k.pool_unpool(pre, &u_buf[j], &unp_buf[j], &work[j], nullptr, 1.0);
+            u_next = u_buf[j];
+            fb = unp_buf[j];
+          } else {
+            u_next = pre;
+          }
+          d = lay.make(conv_transposed(fb, w[j], paddings[j]));
+        } else {
+          u_next = at::addmm(biases[j], s.reshape({batch, -1}), w[j].t());
+          d = lay.make(at::mm(work[j], w[j]).view(s.sizes()));
+        }
+      } else if (beta != 0.0) {
+        nudge = output_nudge(s, onehot, out_weight, out_bias, beta, lay);
+      }
+      TORCH_INTERNAL_ASSERT(s.is_non_overlapping_and_dense() && same_layout(u, s) &&
+                            (!d.defined() || same_layout(d, s)) && (!nudge.defined() || same_layout(nudge, s)));
+      RECORD_FUNCTION("eqkern::epilogue", std::vector<c10::IValue>());
+      k.epilogue(s, u, d.defined() ? &d : nullptr, nudge.defined() ? &nudge : nullptr, alphas[i], gammas[i],
+                 activations[i]);
+      u = u_next;
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!work[i].is_same(state[i])) state[i].copy_(work[i]);
+  }
+}
+
+namespace {
+
+// [a, b] or [a, -b] along the batch, in the layout `lay` picks: one pass over each input.
+Tensor cat_batch(const Tensor& a, const Tensor& b, bool negate_b, const Layout& lay) {
+  auto sizes = a.sizes().vec();
+  const int64_t batch = sizes[0];
+  sizes[0] = 2 * batch;
+  Tensor out = lay.empty(sizes, a);
+  out.narrow(0, 0, batch).copy_(a);
+  Tensor lo = out.narrow(0, batch, batch);
+  if (negate_b) {
+    at::neg_out(lo, b);
+  } else {
+    lo.copy_(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+void hebbian_update_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
+                         at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
+                         const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
+                         const std::optional<at::Tensor>& targets, TensorList state_a, double beta_a,
+                         TensorList state_b, double beta_b, TensorList grads) {
+  constexpr const char* op = "eqkern.hebbian_update";
+  const auto shapes = check_network(op, x, weights, biases, kinds, paddings, pools);
+  check_states(op, "state_a", state_a, shapes, x);
+  check_states(op, "state_b", state_b, shapes, x);
+  TORCH_CHECK(beta_a != beta_b, op, ": beta_a and beta_b must differ, both are ", beta_a);
+  const size_t n = shapes.size();
+  const bool ce = out_weight.has_value() && out_weight->defined();
+  const Tensor onehot = check_readout(op, x, shapes.back(), out_weight, out_bias, targets, ce);
+  const size_t n_grads = 2 * n + (ce ? 2 : 0);
+  TORCH_CHECK(grads.size() == n_grads, op, ": grads has ", grads.size(), " tensors, expected ", n_grads,
+              " (weight and bias of every layer", ce ? ", then out_weight and out_bias)" : ")");
+  for (size_t g = 0; g < n_grads; ++g) {
+    const Tensor& p = g < 2 * n ? (g % 2 == 0 ? weights[g / 2] : biases[g / 2])
+                                : (g == 2 * n ? *out_weight : *out_bias);
+    check_same(op, grads[g], idx_name("grads", g), x);
+    TORCH_CHECK(grads[g].sizes() == p.sizes(), op, ": grads[", g, "] has shape ", grads[g].sizes(),
+                " but its parameter has shape ", p.sizes());
+  }
+
+  const Layout lay{use_channels_last(x)};
+  const int64_t batch = x.size(0);
+  const double scale = -1.0 / ((beta_a - beta_b) * static_cast<double>(batch));
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor w = lay.make(weights[i]);
+    Tensor gw, gb;
+    if (kinds[i] == kConvLayer) {
+      Tensor inputs, signed_out;
+      if (i == 0) {
+        // Both phases see the same clamped x (so the same pool argmax): subtract the two phases
+        // first. Half the FLOPs, and no fp32 cancellation between two large, nearly equal terms.
+        inputs = lay.make(x);
+        if (pools[0]) {
+          const Tensor pre = lay.make(conv_forward(inputs, w, biases[0], paddings[0]));
+          signed_out = lay.empty(pre.sizes(), x);
+          const Tensor sa = lay.make(state_a[0]), sb = lay.make(state_b[0]);
+          k.pool_unpool(pre, nullptr, &signed_out, &sa, &sb, 1.0);
+        } else {
+          signed_out = lay.make(state_a[0] - state_b[0]);
+        }
+      } else {
+        inputs = cat_batch(state_a[i - 1], state_b[i - 1], false, lay);
+        if (pools[i]) {
+          // The argmax of each phase's own equilibrium: one forward conv over both phases.
+          const Tensor pre = lay.make(conv_forward(inputs, w, biases[i], paddings[i]));
+          signed_out = lay.empty(pre.sizes(), x);
+          const Tensor sa = lay.make(state_a[i]), sb = lay.make(state_b[i]);
+          Tensor out_a = signed_out.narrow(0, 0, batch), out_b = signed_out.narrow(0, batch, batch);
+          k.pool_unpool(pre.narrow(0, 0, batch), nullptr, &out_a, &sa, nullptr, 1.0);
+          k.pool_unpool(pre.narrow(0, batch, batch), nullptr, &out_b, &sb, nullptr, -1.0);
+        } else {
+          signed_out = cat_batch(state_a[i], state_b[i], true, lay);
+        }
+      }
+      const int64_t bias_size[1] = {w.size(0)};
+      auto res = at::convolution_backward(signed_out, inputs, w, at::IntArrayRef(bias_size), {1, 1}, {paddings[i], paddings[i]}, {1, 1},
+                                          false, {0, 0}, 1, {false, true, true});
+      gw = std::get<1>(res);
+      gb = std::get<2>(res);
+    } else {
+      Tensor inputs, signed_out;
+      if (i == 0) {
+        inputs = x.reshape({batch, -1});
+        signed_out = state_a[0] - state_b[0];
+      } else {
+        inputs = at::cat({state_a[i - 1].reshape({batch, -1}), state_b[i - 1].reshape({batch, -1})});
+        signed_out = at::cat({state_a[i], state_b[i].neg()});
+      }
+      gw = at::mm(signed_out.t(), inputs);
+      gb = signed_out.sum(0);
+    }
+    grads[2 * i].add_(gw, scale);
+    grads[2 * i + 1].add_(gb, scale);
+  }
+  if (ce) {
+    // (beta_a dL/dtheta(s_a) - beta_b dL/dtheta(s_b)) / ((beta_a - beta_b) batch), one GEMM.
+    const Tensor feat_a = state_a[n - 1].reshape({batch, -1}), feat_b = state_b[n - 1].reshape({batch, -1});
+    const Tensor err = at::cat({(at::softmax(at::addmm(*out_bias, feat_a, out_weight->t()), 1) - onehot) * beta_a,
+                                (at::softmax(at::addmm(*out_bias, feat_b, out_weight->t()), 1) - onehot) * (-beta_b)});
+    const Tensor feat = at::cat({feat_a, feat_b});
+    const double norm = 1.0 / ((beta_a - beta_b) * static_cast<double>(batch));
+    grads[2 * n].add_(at::mm(err.t(), feat), norm);
+    grads[2 * n + 1].add_(err.sum(0), norm);
+  }
+}
+
+}  // namespace eqkern
