@@ -33,12 +33,13 @@ demo: install
 
 test: install
 	$(VPY) -m pytest tests -q -rs --durations=10
-	$(VPY) -m pytest bench -q --benchmark-disable
+	EQKERN_BENCH_SIZES=tiny-b4 $(VPY) -m pytest bench -q --benchmark-disable
 
+# EQKERN_BENCH_SIZES=vgg5-b128,vgg7r-b128 make bench: a subset of bench/conftest.py's SIZES.
 bench: install
 	mkdir -p bench/results
-	$(VPY) -m pytest bench --benchmark-json=bench/results/latest.json
-	$(VPY) bench/report.py bench/results/latest.json
+	$(VPY) -m pytest bench -q --benchmark-json=bench/results/latest.json
+	$(VPY) bench/report.py bench/results/latest.json --png bench/results/latest.png | tee bench/results/latest.md
 
 clean:
 	rm -rf build *.egg-info eqkern/_C*.so eqkern/_build_info.json $(VENV)/.build-stamp

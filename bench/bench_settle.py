@@ -1,4 +1,5 @@
-"""One settling step (and one Hebbian update) of Laborieux's VGG-5: reference vs torch vs cpp."""
+"""The EP hot loops on CPU, providers side by side per size (bench/conftest.py SIZES): one
+settling step, a whole free phase, one Hebbian update, one training iteration (EP vs BPTT)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PROVIDERS, record_env, require_provider
-from eqkern import settle
+from eqkern import bptt_gradients, ep_gradients, settle
 from eqkern.backends import get_backend
 from eqkern.backends.common import Phase
 
@@ -125,3 +126,31 @@ def test_hebbian_update(benchmark, provider, size):
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# One training iteration: EP (free phase + two nudged phases + update) on each backend, and BPTT
+# through a free phase of the same length, in one group.
+ITER_T_FREE, ITER_T_NUDGE = 10, 3
+
+
+@pytest.mark.parametrize("provider", PROVIDERS + ["bptt"])
+def test_training_iteration(benchmark, provider, size):
+    """EP's gradient of one batch vs BPTT's (T_free = ITER_T_FREE for both)."""
+    name, (model, x, y) = size
+    benchmark.group = f"iteration-{name}"
+    benchmark.extra_info.update(t_free=ITER_T_FREE, t_nudge=ITER_T_NUDGE)
+    record_env(benchmark)
+    if provider == "bptt":
+        def run():
+            model.zero_grad(set_to_none=True)
+            bptt_gradients(model, x, y, t_free=ITER_T_FREE)
+    else:
+        require_provider(provider)
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            ep_gradients(model, x, y, beta=0.5, t_free=ITER_T_FREE, t_nudge=ITER_T_NUDGE,
+                         backend=provider)
+
+    benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -21,7 +21,7 @@ import os
 import pytest
 import torch
 
-from conftest import vgg5
+from conftest import SIZES
 from eqkern import CRNN, Conv, Linear, settle
 from eqkern.backends import get_backend, unavailable_reason
 from eqkern.backends.common import Phase
@@ -41,15 +41,8 @@ pytestmark = [
 ]
 
 
-def vgg7(batch: int) -> tuple[CRNN, torch.Tensor, torch.Tensor]:
-    """Lin et al.'s VGG-7 (eqkern.presets ``vgg7-*``): 64-128-256-512-512 convs, each with a pool,
-    then FC-512 and the soft-max read-out, CIFAR-shaped input."""
-    layers = [Conv(c) for c in (64, 128, 256, 512, 512)] + [Linear(512)]
-    model = CRNN((3, 32, 32), layers, 10)
-    return model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-
-
-SIZES = {"vgg5-b128": (vgg5, 128), "vgg7-b128": (vgg7, 128)}
+# The GPU sizes of the shared table (bench/conftest.py).
+GPU_SIZES = ["vgg5-b128", "vgg7-b128"]
 
 
 def step_flops(model: CRNN, batch: int) -> int:
@@ -102,13 +95,13 @@ def _record(benchmark, fn, flops_per_call: int | None, steps: int = 1) -> None:
     benchmark.extra_info.update(info)
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", GPU_SIZES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_settle_step_cuda(benchmark, provider, size):
     """A nudged phase of PHASE_STEPS synchronous steps (report.py divides by ``steps``)."""
     _require(provider)
-    builder, batch = SIZES[size]
-    model, x, y = builder(batch)
+    builder, batch, width = SIZES[size]
+    model, x, y = builder(batch, width)
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     benchmark.group = f"settle-step-{size}-cuda"
     state = model.init_state(batch)
@@ -123,13 +116,13 @@ def test_settle_step_cuda(benchmark, provider, size):
     assert all(torch.isfinite(s).all() for s in state)
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", GPU_SIZES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_hebbian_update_cuda(benchmark, provider, size):
     """The symmetric contrastive update of every weight from two nudged states."""
     _require(provider)
-    builder, batch = SIZES[size]
-    model, x, y = builder(batch)
+    builder, batch, width = SIZES[size]
+    model, x, y = builder(batch, width)
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     benchmark.group = f"hebbian-update-{size}-cuda"
     state = model.init_state(batch)

@@ -14,26 +14,47 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from eqkern import CRNN, Conv  # noqa: E402
+from eqkern import CRNN, Conv, Linear  # noqa: E402
 
 PROVIDERS = ["reference", "torch", "cpp"]
 
 
-def vgg5(batch: int) -> tuple[CRNN, torch.Tensor, torch.Tensor]:
+def vgg5(batch: int, width: float = 1.0) -> tuple[CRNN, torch.Tensor, torch.Tensor]:
     """Laborieux's VGG-5: 128-256-512-512 3×3 convs, pools, padding 1-1-1-0, CIFAR-shaped input."""
-    model = CRNN((3, 32, 32), [Conv(128), Conv(256), Conv(512), Conv(512, padding=0)], 10)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    return model, x, y
+    ch = [max(1, round(c * width)) for c in (128, 256, 512, 512)]
+    model = CRNN((3, 32, 32), [Conv(ch[0]), Conv(ch[1]), Conv(ch[2]), Conv(ch[3], padding=0)], 10)
+    return model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
 
 
-SIZES = {"vgg5-b128": (vgg5, 128)}
+def vgg7(batch: int, width: float = 1.0) -> tuple[CRNN, torch.Tensor, torch.Tensor]:
+    """Lin's VGG-7 (App. C): 64-128-256-512-512 3×3 convs, each pooled, FC-512, soft-max read-out."""
+    ch = [max(1, round(c * width)) for c in (64, 128, 256, 512, 512, 512)]
+    layers = [Conv(c) for c in ch[:5]] + [Linear(ch[5])]
+    model = CRNN((3, 32, 32), layers, 10)
+    return model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
 
 
-@pytest.fixture(params=list(SIZES))
+# The one table of sizes every benchmark file uses: name -> (builder, batch, width).
+SIZES = {
+    "vgg5-b128": (vgg5, 128, 1.0),
+    "vgg5-b32": (vgg5, 32, 1.0),
+    "vgg5-b1": (vgg5, 1, 1.0),
+    "vgg7-b128": (vgg7, 128, 1.0),
+    "vgg7r-b128": (vgg7, 128, 1 / 8),  # reduced width: channels divided by 8
+    "tiny-b4": (vgg7, 4, 1 / 32),  # for CI's --benchmark-disable smoke run only
+}
+# EQKERN_BENCH_SIZES=a,b picks sizes; `make test` runs the smoke size, `make bench` the others.
+SELECTED = [s for s in os.environ.get("EQKERN_BENCH_SIZES", "").split(",") if s] or [
+    s for s in SIZES if s != "tiny-b4"]
+_unknown = sorted(set(SELECTED) - set(SIZES))
+if _unknown:
+    raise ValueError(f"EQKERN_BENCH_SIZES names unknown sizes {_unknown}; known: {sorted(SIZES)}")
+
+
+@pytest.fixture(params=SELECTED)
 def size(request):
-    builder, batch = SIZES[request.param]
-    return request.param, builder(batch)
+    builder, batch, width = SIZES[request.param]
+    return request.param, builder(batch, width)
 
 
 def require_provider(name: str) -> None:
@@ -48,5 +69,8 @@ def record_env(benchmark) -> None:
     """What a reader needs to compare runs: versions, threads, device."""
     import eqkern
 
+    import platform
+
     benchmark.extra_info.update(torch=torch.__version__, eqkern=eqkern.__version__,
-                                threads=torch.get_num_threads(), device="cpu")
+                                threads=torch.get_num_threads(), device="cpu",
+                                device_name=platform.processor() or platform.machine())

@@ -1,33 +1,89 @@
-"""Turn a pytest-benchmark JSON file into a Markdown table of times and ratios vs ``reference``.
+"""Turn a pytest-benchmark JSON file into the README's performance table and a PNG.
 
-Usage: python bench/report.py bench/results/latest.json
+Usage: python bench/report.py bench/results/latest.json [--png bench/results/latest.png]
+
+Per group (one op and size), each provider's median time (per step for phase benchmarks, whose
+``extra_info["steps"]`` says how many steps were timed), its speed-up against ``reference`` and
+its ratio to the conv floor (the fastest ``conv-floor*`` provider of the group), headed by what a
+reader needs to compare runs: git revision, torch version, device, threads.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 
 
-def main(path: str) -> None:
+def load(path: str) -> tuple[dict, dict[str, dict[str, float]]]:
     with open(path) as f:
         data = json.load(f)
     groups: dict[str, dict[str, float]] = defaultdict(dict)
     for b in data["benchmarks"]:
-        # Phase benchmarks time several steps; report per step.
         steps = b.get("extra_info", {}).get("steps", 1)
         groups[b["group"]][b["params"]["provider"]] = b["stats"]["median"] / steps
-    info = data.get("machine_info", {})
-    print(f"machine: {info.get('cpu', {}).get('brand_raw', '?')}, python {info.get('python_version')}")
-    print("| benchmark | provider | median per call or step (s) | speed-up vs reference |")
-    print("| --- | --- | --- | --- |")
+    return data, groups
+
+
+def header(data: dict) -> str:
+    extra = next((b.get("extra_info", {}) for b in data["benchmarks"]), {})
+    commit = data.get("commit_info", {})
+    cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
+    return (f"git {commit.get('id', '?')[:10]}{' (dirty)' if commit.get('dirty') else ''}, "
+            f"torch {extra.get('torch', '?')}, {extra.get('device', '?')} ({cpu}), "
+            f"{extra.get('threads', '?')} threads, {data.get('datetime', '')[:19]}")
+
+
+def table(groups: dict[str, dict[str, float]]) -> str:
+    lines = ["| benchmark | provider | median (s, per step for phases) | vs reference | vs conv floor |",
+             "| --- | --- | --- | --- | --- |"]
     for group, times in sorted(groups.items()):
         ref = times.get("reference")
+        floors = [t for p, t in times.items() if p.startswith("conv-floor")]
+        floor = min(floors) if floors else None
         for provider, t in sorted(times.items(), key=lambda kv: -kv[1]):
-            ratio = f"{ref / t:.2f}×" if ref else "n/a"
-            print(f"| {group} | {provider} | {t:.4f} | {ratio} |")
+            speed = f"{ref / t:.2f}× faster" if ref else "–"
+            to_floor = f"{t / floor:.2f}×" if floor and not provider.startswith("conv-floor") else "–"
+            lines.append(f"| {group} | {provider} | {t:.4f} | {speed} | {to_floor} |")
+    return "\n".join(lines)
+
+
+def plot(groups: dict[str, dict[str, float]], path: str) -> None:
+    """Speed-up against reference per group and provider (bar chart)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = sorted(g for g in groups if "reference" in groups[g])
+    providers = sorted({p for g in names for p in groups[g]})
+    fig = Figure(figsize=(max(6, 1.2 * len(names)), 4))
+    ax = fig.add_subplot()
+    w = 0.8 / max(1, len(providers))
+    for k, p in enumerate(providers):
+        xs = [i + k * w for i, g in enumerate(names) if p in groups[g]]
+        ys = [groups[g]["reference"] / groups[g][p] for g in names if p in groups[g]]
+        ax.bar(xs, ys, w, label=p)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([i + 0.4 - w / 2 for i in range(len(names))], names, rotation=30, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("speed-up vs reference")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json")
+    ap.add_argument("--png", default=None)
+    args = ap.parse_args()
+    data, groups = load(args.json)
+    print(header(data))
+    print()
+    print(table(groups))
+    if args.png:
+        plot(groups, args.png)
+        print(f"\nwrote {args.png}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
