@@ -262,13 +262,26 @@ def memory_table(batch: int = 128, bptt_steps: int = 140, device: str = "meta") 
 
 def format_memory_table(rows: list[dict]) -> str:
     """Markdown: measured MB next to Lin Table 2's, and BPTT's ratio to the largest EP peak."""
+    ram_mb = _machine_ram_mb()
     lines = ["| network | dataset | variant | steps | peak MB (eqkern) | Lin Table 2 MB | BPTT / max EP |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         ratio = f"{r['ratio_to_max_ep']:.1f}×" if "ratio_to_max_ep" in r else ""
         paper = r["paper_mb"] if r["paper_mb"] is not None else "–"
+        too_big = " †" if ram_mb and r["peak_mb"] > ram_mb else ""
         lines.append(f"| {r['network']} | {r['dataset']} | {r['variant']} | {r['steps']} | "
-                     f"{r['peak_mb']:.0f} | {paper} | {ratio} |")
+                     f"{r['peak_mb']:.0f}{too_big} | {paper} | {ratio} |")
     if rows:
         lines.append(f"\nmeasured with: {rows[0]['measured_with']}, batch {rows[0]['batch']}")
+        lines.append(f"† more than this machine's {ram_mb:.0f} MB of memory: counted exactly on meta "
+                     "tensors, not run with arithmetic")
     return "\n".join(lines)
+
+
+def _machine_ram_mb() -> float:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return 0.0
