@@ -35,14 +35,14 @@ def header(data: dict) -> str:
 
 
 def table(groups: dict[str, dict[str, float]]) -> str:
-    lines = ["| benchmark | provider | median (s, per step for phases) | vs reference | vs conv floor |",
+    lines = ["| benchmark | provider | median (s, per step for phases) | speed-up vs reference | time / conv floor |",
              "| --- | --- | --- | --- | --- |"]
     for group, times in sorted(groups.items()):
         ref = times.get("reference")
         floors = [t for p, t in times.items() if p.startswith("conv-floor")]
         floor = min(floors) if floors else None
         for provider, t in sorted(times.items(), key=lambda kv: -kv[1]):
-            speed = f"{ref / t:.2f}× faster" if ref else "–"
+            speed = f"{ref / t:.2f}×" if ref else "–"
             to_floor = f"{t / floor:.2f}×" if floor and not provider.startswith("conv-floor") else "–"
             lines.append(f"| {group} | {provider} | {t:.4f} | {speed} | {to_floor} |")
     return "\n".join(lines)
