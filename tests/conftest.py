@@ -35,3 +35,15 @@ def require_backend(name: str, device: str = "cpu") -> None:
     if name == "cpp" and os.environ.get("EQKERN_CPP") == "0":
         pytest.skip("EQKERN_CPP=0: built without native code")
     pytest.fail(f"backend {name} unavailable: {reason}")
+
+
+def require_triton(request) -> None:
+    """CPU tests need the interpreter (fail, not skip, when it is broken); ``gpu`` tests need CUDA.
+    A GPU machine runs the compiled kernels with TRITON_INTERPRET=0: the CPU tests skip there."""
+    if request.node.get_closest_marker("gpu"):
+        if torch.cuda.is_available():
+            require_backend("triton", "cuda")
+        return
+    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
+        pytest.skip("TRITON_INTERPRET=0 on a GPU machine: the interpreter tests run on CPU machines")
+    require_backend("triton")

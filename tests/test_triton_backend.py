@@ -8,14 +8,13 @@ checks the states step for step; the full-length phases run on a GPU (``gpu`` ma
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import cases
 from cases import CASES, check_grads_match, check_states_match
-from conftest import rel_rms, require_backend
+from conftest import rel_rms, require_triton
 from eqkern import CRNN, Conv, Linear, check_gdu
 
 SHORT_T_FREE, SHORT_T_NUDGE = 4, 2
@@ -23,15 +22,7 @@ SHORT_T_FREE, SHORT_T_NUDGE = 4, 2
 
 @pytest.fixture(autouse=True)
 def _triton_available(request):
-    """CPU tests need the interpreter (fail, not skip, when it is broken); ``gpu`` tests need CUDA.
-    A GPU machine runs the compiled kernels with TRITON_INTERPRET=0: the CPU tests skip there."""
-    if request.node.get_closest_marker("gpu"):
-        if torch.cuda.is_available():
-            require_backend("triton", "cuda")
-        return
-    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
-        pytest.skip("TRITON_INTERPRET=0 on a GPU machine: the interpreter tests run on CPU machines")
-    require_backend("triton")
+    require_triton(request)
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ tolerance of a few storage ulps (the bf16 ``tl.dot`` itself is exercised on GPU 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-from conftest import rel_rms, require_backend
+from conftest import rel_rms, require_triton
 from eqkern.activations import ACTIVATION_CODES
 
 try:  # without triton every test below fails through require_backend, with the import error
@@ -27,15 +26,7 @@ except ImportError:
 
 @pytest.fixture(autouse=True)
 def _triton_available(request):
-    """CPU tests need the interpreter (fail, not skip, when it is broken); ``gpu`` tests need CUDA.
-    A GPU machine runs the compiled kernels with TRITON_INTERPRET=0: the CPU tests skip there."""
-    if request.node.get_closest_marker("gpu"):
-        if torch.cuda.is_available():
-            require_backend("triton", "cuda")
-        return
-    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
-        pytest.skip("TRITON_INTERPRET=0 on a GPU machine: the interpreter tests run on CPU machines")
-    require_backend("triton")
+    require_triton(request)
 
 # rel RMS bound per storage dtype (the result is rounded once to the storage dtype)
 TOL = {torch.float32: 1e-6, torch.float64: 1e-14, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
