@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import SIZES
-from eqkern import CRNN, Conv, Linear, settle
+from eqkern import CRNN, Conv, settle
 from eqkern.backends import get_backend, unavailable_reason
 from eqkern.backends.common import Phase
 
