@@ -29,11 +29,16 @@ TORCH_LIBRARY(eqkern, m) {
   // The whole settling loop of a network, in place on `state` (csrc/settle_loop.cpp). Layer i:
   // kinds[i] 0 = conv (k x k stride 1, zero padding paddings[i], 2x2 max-pool if pools[i]) or
   // 1 = linear; activations[i] a code as above; alphas[i] / gammas[i] the forward / feedback scales.
-  // Read-out: CE when out_weight/out_bias are given, else MSE on the last state layer.
+  // Read-out: CE when out_weight/out_bias are given, else MSE on the last state layer. Nudge:
+  // beta, or one beta per sample (sample_betas). LE/KD(W) nudges (csrc/nudge.h) on the layers
+  // aux_layers, through aux_maps (or none), towards aux_targets, scaled by aux_scales, at aux_tau.
+  // schedule: 0 synchronous, 1 alternating (even layers, then odd layers from the new even ones).
   m.def(
       "settle(Tensor x, Tensor[] weights, Tensor[] biases, int[] kinds, int[] paddings, int[] pools, "
       "int[] activations, float[] alphas, float[] gammas, Tensor? out_weight, Tensor? out_bias, "
-      "Tensor? targets, float beta, int steps, Tensor(a!)[] state) -> ()");
+      "Tensor? targets, float beta, Tensor? sample_betas, int[] aux_layers, Tensor?[] aux_maps, "
+      "Tensor[] aux_targets, float[] aux_scales, float aux_tau, int schedule, int steps, "
+      "Tensor(a!)[] state) -> ()");
   // The contrastive Hebbian update of all layers (and the CE read-out), added into `grads`
   // (weight, bias of every layer, then out_weight, out_bias):
   //   g = -[dPhi_{beta_a}/dtheta(state_a) - dPhi_{beta_b}/dtheta(state_b)] / ((beta_a - beta_b) batch)

@@ -9,12 +9,14 @@
 // u_0 = P_0(W_0 * x + b_0) is computed once per call.
 #include "settle_loop.h"
 
+#include "checks.h"
+#include "layout.h"
+#include "nudge.h"
+
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/record_function.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 namespace eqkern {
@@ -25,25 +27,6 @@ using at::Tensor;
 using at::TensorList;
 using Shape = std::vector<int64_t>;
 
-// oneDNN's fp32/bf16 convolutions are faster in channels-last on CPU (measured on Laborieux's VGG-5,
-// bench/bench_settle.py); fp64 has no oneDNN path. EQKERN_CPP_CHANNELS_LAST=0|1 overrides.
-bool use_channels_last(const Tensor& x) {
-  const char* env = std::getenv("EQKERN_CPP_CHANNELS_LAST");
-  if (env != nullptr && env[0] != '\0') return std::strcmp(env, "0") != 0;
-  return x.is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
-}
-
-struct Layout {
-  bool channels_last;
-  at::MemoryFormat of(int64_t dim) const {
-    return dim == 4 && channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  }
-  Tensor make(const Tensor& t) const { return t.contiguous(of(t.dim())); }
-  Tensor empty(at::IntArrayRef sizes, const Tensor& like) const {
-    return at::empty(sizes, like.options().memory_format(of(static_cast<int64_t>(sizes.size()))));
-  }
-};
-
 Tensor conv_forward(const Tensor& s, const Tensor& w, const std::optional<Tensor>& b, int64_t pad) {
   return at::convolution(s, w, b, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1);
 }
@@ -51,15 +34,6 @@ Tensor conv_forward(const Tensor& s, const Tensor& w, const std::optional<Tensor
 Tensor conv_transposed(const Tensor& g, const Tensor& w, int64_t pad) {
   return at::convolution(g, w, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, true, {0, 0}, 1);
 }
-
-void check_same(const char* op, const Tensor& t, const std::string& name, const Tensor& x) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
-              " but x has dtype ", x.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
-}
-
-std::string idx_name(const char* list, size_t i) { return std::string(list) + "[" + std::to_string(i) + "]"; }
 
 // Validates the network description against x; returns each state layer's shape (batch first).
 std::vector<Shape> check_network(const char* op, const Tensor& x, TensorList weights, TensorList biases,
@@ -155,24 +129,169 @@ Tensor check_readout(const char* op, const Tensor& x, const Shape& last,
   return at::one_hot(y.to(at::kLong), classes).to(x.scalar_type());
 }
 
-// -beta dL/ds_N, shaped (and laid out) like s.
-Tensor output_nudge(const Tensor& s, const Tensor& onehot, const std::optional<at::Tensor>& ow,
-                    const std::optional<at::Tensor>& ob, double beta, const Layout& lay) {
-  if (ow.has_value() && ow->defined()) {
-    const Tensor feat = s.reshape({s.size(0), -1});
-    const Tensor err = onehot - at::softmax(at::addmm(*ob, feat, ow->t()), 1);
-    return lay.make(at::mm(err, *ow).mul_(beta).view(s.sizes()));
+}  // namespace
+
+namespace {
+
+// The working tensors of one settle call and the two schedules' steps over them.
+class SettleRun {
+ public:
+  SettleRun(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
+            at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
+            at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
+            const std::vector<Shape>& shapes, TensorList state, const Nudges& nudges)
+      : k_(k), x_(x), biases_(biases), kinds_(kinds), paddings_(paddings), pools_(pools),
+        activations_(activations), alphas_(alphas), gammas_(gammas), shapes_(shapes), nudges_(nudges),
+        lay_{use_channels_last(x)}, n_(shapes.size()), work_(n_), w_(n_), u_buf_(n_), unp_buf_(n_), pre_(n_) {
+    // Working states in the layout the convolutions like; copied back at the end if they differ.
+    for (size_t i = 0; i < n_; ++i) {
+      work_[i] = lay_.make(state[i]);
+      w_[i] = lay_.make(weights[i]);
+    }
+    // u_0: constant over the call.
+    if (kinds[0] == kConvLayer) {
+      const Tensor pre = lay_.make(conv_forward(lay_.make(x), w_[0], biases[0], paddings[0]));
+      if (pools[0]) {
+        u0_ = lay_.empty(shapes[0], x);
+        k.pool_unpool(pre, &u0_, nullptr, nullptr, nullptr, 1.0);
+      } else {
+        u0_ = pre;
+      }
+    } else {
+      u0_ = at::addmm(biases[0], x.reshape({x.size(0), -1}), w_[0].t());
+    }
   }
-  return at::sub(onehot, s).mul_(beta);
-}
+
+  // Synchronous: every layer from the old states. In place in the order 0..N-1: layer i's forward
+  // conv (u_{i+1} and the pool argmax of s_i) runs before s_i is overwritten, and s_{i+1} is still
+  // the old one when d_i is read.
+  void synchronous_step() {
+    Tensor u = u0_;
+    for (size_t i = 0; i < n_; ++i) {
+      Tensor& s = work_[i];
+      Tensor u_next, d;
+      if (i + 1 < n_) {
+        const size_t j = i + 1;
+        if (kinds_[j] == kConvLayer) {
+          const Tensor pre = forward(j);
+          Tensor fb = work_[j];
+          if (pools_[j]) {
+            ensure_pool_buffers(j, pre);
+            RECORD_FUNCTION("eqkern::pool_unpool", std::vector<c10::IValue>());
+            k_.pool_unpool(pre, &u_buf_[j], &unp_buf_[j], &work_[j], nullptr, 1.0);
+            u_next = u_buf_[j];
+            fb = unp_buf_[j];
+          } else {
+            u_next = pre;
+          }
+          d = lay_.make(conv_transposed(fb, w_[j], paddings_[j]));
+        } else {
+          u_next = forward(j);
+          d = lay_.make(at::mm(work_[j], w_[j]).view(s.sizes()));
+        }
+      }
+      epilogue(i, u, d);
+      u = u_next;
+    }
+  }
+
+  // Alternating: the even layers from the current states, then the odd layers from the new even
+  // ones. pre_[j] = W_j * s_{j-1} + b_j is kept until s_{j-1} changes, so each convolution still
+  // runs once per step: the one that gives u_j in one half-step gives the argmax for d_{j-1} in
+  // the other.
+  void alternating_step() {
+    for (size_t parity = 0; parity < 2; ++parity) {
+      for (size_t i = parity; i < n_; i += 2) {
+        const Tensor u = bottom_up(i);
+        const Tensor d = top_down(i);
+        epilogue(i, u, d);
+        if (i + 1 < n_) pre_[i + 1] = Tensor();  // its input s_i changed
+      }
+    }
+  }
+
+  void write_back(TensorList state) const {
+    for (size_t i = 0; i < n_; ++i) {
+      if (!work_[i].is_same(state[i])) state[i].copy_(work_[i]);
+    }
+  }
+
+ private:
+  Tensor forward(size_t j) const {
+    const Tensor& s = work_[j - 1];
+    if (kinds_[j] == kConvLayer) return lay_.make(conv_forward(s, w_[j], biases_[j], paddings_[j]));
+    return at::addmm(biases_[j], s.reshape({s.size(0), -1}), w_[j].t());
+  }
+
+  Tensor cached_forward(size_t j) {
+    if (!pre_[j].defined()) pre_[j] = forward(j);
+    return pre_[j];
+  }
+
+  void ensure_pool_buffers(size_t j, const Tensor& pre) {
+    if (!u_buf_[j].defined()) {
+      u_buf_[j] = lay_.empty(shapes_[j], x_);
+      unp_buf_[j] = lay_.empty(pre.sizes(), x_);
+    }
+  }
+
+  // u_i = P_{i-1}(W_{i-1} * s_{i-1} + b_{i-1}) from the current s_{i-1}.
+  Tensor bottom_up(size_t i) {
+    if (i == 0) return u0_;
+    const Tensor pre = cached_forward(i);
+    if (kinds_[i] != kConvLayer || !pools_[i]) return pre;
+    ensure_pool_buffers(i, pre);
+    k_.pool_unpool(pre, &u_buf_[i], nullptr, nullptr, nullptr, 1.0);
+    return u_buf_[i];
+  }
+
+  // d_i = conv_transpose(unpool(s_{i+1}, argmax of W_{i+1} * s_i + b), W_{i+1}) from the current states.
+  Tensor top_down(size_t i) {
+    if (i + 1 >= n_) return Tensor();
+    const size_t j = i + 1;
+    const Tensor pre = cached_forward(j);
+    if (kinds_[j] != kConvLayer) return lay_.make(at::mm(work_[j], w_[j]).view(work_[i].sizes()));
+    Tensor fb = work_[j];
+    if (pools_[j]) {
+      ensure_pool_buffers(j, pre);
+      k_.pool_unpool(pre, nullptr, &unp_buf_[j], &work_[j], nullptr, 1.0);
+      fb = unp_buf_[j];
+    }
+    return lay_.make(conv_transposed(fb, w_[j], paddings_[j]));
+  }
+
+  // state[i] <- rho(alpha_i u + gamma_i d + n_i), n_i from the pre-update state[i].
+  void epilogue(size_t i, const Tensor& u, const Tensor& d) {
+    Tensor& s = work_[i];
+    const Tensor nudge = nudges_.of_layer(i, s, lay_);
+    TORCH_INTERNAL_ASSERT(s.is_non_overlapping_and_dense() && same_layout(u, s) &&
+                          (!d.defined() || same_layout(d, s)) && (!nudge.defined() || same_layout(nudge, s)));
+    RECORD_FUNCTION("eqkern::epilogue", std::vector<c10::IValue>());
+    k_.epilogue(s, u, d.defined() ? &d : nullptr, nudge.defined() ? &nudge : nullptr, alphas_[i], gammas_[i],
+                activations_[i]);
+  }
+
+  const DeviceKernels& k_;
+  const Tensor& x_;
+  TensorList biases_;
+  at::IntArrayRef kinds_, paddings_, pools_, activations_;
+  at::ArrayRef<double> alphas_, gammas_;
+  const std::vector<Shape>& shapes_;
+  const Nudges& nudges_;
+  const Layout lay_;
+  const size_t n_;
+  std::vector<Tensor> work_, w_;
+  std::vector<Tensor> u_buf_, unp_buf_;  // reused across steps: every element is rewritten
+  std::vector<Tensor> pre_;              // alternating only: W_j * s_{j-1} + b_j while s_{j-1} is unchanged
+  Tensor u0_;
+};
 
 }  // namespace
 
 void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
                  at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
                  at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
-                 const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
-                 const std::optional<at::Tensor>& targets, double beta, int64_t steps, TensorList state) {
+                 const NudgeArgs& nudge_args, int64_t schedule, int64_t steps, TensorList state) {
   constexpr const char* op = "eqkern.settle";
   const auto shapes = check_network(op, x, weights, biases, kinds, paddings, pools);
   check_states(op, "state", state, shapes, x);
@@ -181,77 +300,28 @@ void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, Te
               ": activations, alphas and gammas need one entry per layer (", n, "), got ", activations.size(),
               ", ", alphas.size(), ", ", gammas.size());
   TORCH_CHECK(steps >= 0, op, ": steps must be >= 0, got ", steps);
+  TORCH_CHECK(schedule == kSynchronous || schedule == kAlternating, op,
+              ": schedule must be 0 (synchronous) or 1 (alternating), got ", schedule);
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(at::has_internal_overlap(state[i]) != at::MemOverlap::Yes, op, ": state[", i,
                 "] has internally overlapping memory (e.g. from expand)");
   }
-  const Tensor onehot = check_readout(op, x, shapes.back(), out_weight, out_bias, targets, beta != 0.0);
+  const bool nudged = nudge_args.beta != 0.0 ||
+                      (nudge_args.sample_betas.has_value() && nudge_args.sample_betas->defined());
+  const Tensor onehot = check_readout(op, x, shapes.back(), nudge_args.out_weight, nudge_args.out_bias,
+                                      nudge_args.targets, nudged);
+  const Nudges nudges(op, x, shapes, nudge_args, onehot);
   if (steps == 0) return;
 
-  const Layout lay{use_channels_last(x)};
-  const int64_t batch = x.size(0);
-  // Working states in the layout the convolutions like; copied back at the end if they differ.
-  std::vector<Tensor> work(n), w(n);
-  for (size_t i = 0; i < n; ++i) {
-    work[i] = lay.make(state[i]);
-    w[i] = lay.make(weights[i]);
-  }
-  // u_0: constant over the call.
-  Tensor u0;
-  if (kinds[0] == kConvLayer) {
-    const Tensor pre = lay.make(conv_forward(lay.make(x), w[0], biases[0], paddings[0]));
-    if (pools[0]) {
-      u0 = lay.empty(shapes[0], x);
-      k.pool_unpool(pre, &u0, nullptr, nullptr, nullptr, 1.0);
-    } else {
-      u0 = pre;
-    }
-  } else {
-    u0 = at::addmm(biases[0], x.reshape({batch, -1}), w[0].t());
-  }
-  std::vector<Tensor> u_buf(n), unp_buf(n);  // reused across steps: every element is rewritten
-
+  SettleRun run(k, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, shapes, state, nudges);
   for (int64_t t = 0; t < steps; ++t) {
-    Tensor u = u0;
-    for (size_t i = 0; i < n; ++i) {
-      Tensor& s = work[i];
-      Tensor u_next, d, nudge;
-      if (i + 1 < n) {
-        const size_t j = i + 1;
-        if (kinds[j] == kConvLayer) {
-          const Tensor pre = lay.make(conv_forward(s, w[j], biases[j], paddings[j]));
-          Tensor fb = work[j];
-          if (pools[j]) {
-            if (!u_buf[j].defined()) {
-              u_buf[j] = lay.empty(shapes[j], x);
-              unp_buf[j] = lay.empty(pre.sizes(), x);
-            }
-            RECORD_FUNCTION("eqkern::pool_unpool", std::vector<c10::IValue>());
-            k.pool_unpool(pre, &u_buf[j], &unp_buf[j], &work[j], nullptr, 1.0);
-            u_next = u_buf[j];
-            fb = unp_buf[j];
-          } else {
-            u_next = pre;
-          }
-          d = lay.make(conv_transposed(fb, w[j], paddings[j]));
-        } else {
-          u_next = at::addmm(biases[j], s.reshape({batch, -1}), w[j].t());
-          d = lay.make(at::mm(work[j], w[j]).view(s.sizes()));
-        }
-      } else if (beta != 0.0) {
-        nudge = output_nudge(s, onehot, out_weight, out_bias, beta, lay);
-      }
-      TORCH_INTERNAL_ASSERT(s.is_non_overlapping_and_dense() && same_layout(u, s) &&
-                            (!d.defined() || same_layout(d, s)) && (!nudge.defined() || same_layout(nudge, s)));
-      RECORD_FUNCTION("eqkern::epilogue", std::vector<c10::IValue>());
-      k.epilogue(s, u, d.defined() ? &d : nullptr, nudge.defined() ? &nudge : nullptr, alphas[i], gammas[i],
-                 activations[i]);
-      u = u_next;
+    if (schedule == kAlternating) {
+      run.alternating_step();
+    } else {
+      run.synchronous_step();
     }
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (!work[i].is_same(state[i])) state[i].copy_(work[i]);
-  }
+  run.write_back(state);
 }
 
 namespace {

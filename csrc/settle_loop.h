@@ -11,6 +11,8 @@
 
 #include <optional>
 
+#include "nudge.h"
+
 namespace eqkern {
 
 struct DeviceKernels {
@@ -38,13 +40,14 @@ inline bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 
 // Layer kinds of the `kinds` argument.
 enum LayerKind : int64_t { kConvLayer = 0, kLinearLayer = 1 };
+// Values of the `schedule` argument.
+enum Schedule : int64_t { kSynchronous = 0, kAlternating = 1 };
 
 void settle_loop(const DeviceKernels& k, const at::Tensor& x, at::TensorList weights,
                  at::TensorList biases, at::IntArrayRef kinds, at::IntArrayRef paddings,
                  at::IntArrayRef pools, at::IntArrayRef activations, at::ArrayRef<double> alphas,
-                 at::ArrayRef<double> gammas, const std::optional<at::Tensor>& out_weight,
-                 const std::optional<at::Tensor>& out_bias, const std::optional<at::Tensor>& targets,
-                 double beta, int64_t steps, at::TensorList state);
+                 at::ArrayRef<double> gammas, const NudgeArgs& nudges, int64_t schedule, int64_t steps,
+                 at::TensorList state);
 
 void hebbian_update_loop(const DeviceKernels& k, const at::Tensor& x, at::TensorList weights,
                          at::TensorList biases, at::IntArrayRef kinds, at::IntArrayRef paddings,

@@ -14,7 +14,8 @@ import torch
 from . import _build  # loads eqkern._C, which registers the eqkern::* kernels
 from .activations import ACTIVATION_CODES, activate, check_activation
 
-__all__ = ["settle_epilogue_", "settle_epilogue_ref", "settle", "hebbian_update", "NetworkArgs", "network_args"]
+__all__ = ["settle_epilogue_", "settle_epilogue_ref", "settle", "hebbian_update", "NetworkArgs", "network_args",
+           "AuxNudgeArgs"]
 
 
 def _require_cpp(op: str) -> None:
@@ -150,28 +151,63 @@ def _check_devices(op: str, x: torch.Tensor, named: Sequence[tuple[str, torch.Te
             raise RuntimeError(f"eqkern.{op}: {name} is on {t.device} but x is on {x.device}")
 
 
+class AuxNudgeArgs(NamedTuple):
+    """The LE / KD(W) nudge terms of :func:`settle` (one entry per augmented layer).
+
+    ``n_i = −β·scales[k]·M_kᵀ(softmax(flat(M_k s_i)/tau) − targets[k])`` for ``i = layers[k]``:
+    maps[k] is ``M_k`` (``(K, dim s_i)`` on the flattened state, a ``(C, C, 1, 1)`` channel map, or
+    None for the identity); targets[k]: ``(batch, K or dim s_i)`` rows of probabilities.
+    """
+
+    layers: list[int]
+    maps: list[torch.Tensor | None]
+    targets: list[torch.Tensor]
+    scales: list[float]
+    tau: float
+
+
+NO_AUX = AuxNudgeArgs([], [], [], [], 1.0)
+SCHEDULE_CODES = {"synchronous": 0, "alternating": 1}
+
+
 def settle(
     x: torch.Tensor,
     net: NetworkArgs,
     state: Sequence[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     steps: int,
     targets: torch.Tensor | None = None,
+    aux: AuxNudgeArgs = NO_AUX,
+    schedule: str = "synchronous",
 ) -> None:
     """Run ``steps`` steps of the dynamics of a whole network in C++, in place on ``state``.
 
     x: (batch, *input_shape); state: one (batch, *layer_shape) tensor per layer, same dtype and
-    device as x, any strides; targets: (batch,) integer class ids, needed when beta != 0.
-    Each step updates the layers in the order 0..N-1 exactly as ``eqkern.backends.analytic``:
-    ``s_l ← ρ_l(α_l·P(W_{l-1} * s_{l-1} + b) + γ_l·conv_transpose(unpool(s_{l+1}), W_l) + n_l)``.
+    device as x, any strides; beta: a float, or a ``(batch,)`` tensor of one β per sample;
+    targets: (batch,) integer class ids, needed when β ≠ 0. schedule: ``"synchronous"`` (each step
+    updates the layers in the order 0..N-1 exactly as ``eqkern.backends.analytic``:
+    ``s_l ← ρ_l(α_l·P(W_{l-1} * s_{l-1} + b) + γ_l·conv_transpose(unpool(s_{l+1}), W_l) + n_l)``)
+    or ``"alternating"`` (even layers, then odd layers from the new even ones).
     """
     _require_cpp("settle")
+    args = settle_op_args(x, net, state, beta, steps, targets, aux, schedule)
     _check_devices("settle", x, [(f"weights[{i}]", w) for i, w in enumerate(net.weights)]
                    + [(f"state[{i}]", s) for i, s in enumerate(state)]
-                   + [("out_weight", net.out_weight), ("targets", targets)])
-    torch.ops.eqkern.settle.default(
-        x, net.weights, net.biases, net.kinds, net.paddings, net.pools, net.activations, net.alphas,
-        net.gammas, net.out_weight, net.out_bias, targets, float(beta), int(steps), list(state))
+                   + [("out_weight", net.out_weight), ("targets", targets), ("beta", args[13])]
+                   + [(f"aux_targets[{k}]", t) for k, t in enumerate(aux.targets)])
+    torch.ops.eqkern.settle.default(*args)
+
+
+def settle_op_args(x, net, state, beta, steps, targets=None, aux=NO_AUX, schedule="synchronous") -> tuple:
+    """The positional arguments of ``torch.ops.eqkern.settle`` for :func:`settle`'s (for opcheck)."""
+    if schedule not in SCHEDULE_CODES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULE_CODES)}, got {schedule!r}")
+    sample_betas = beta if isinstance(beta, torch.Tensor) else None
+    return (x, list(net.weights), list(net.biases), net.kinds, net.paddings, net.pools, net.activations,
+            net.alphas, net.gammas, net.out_weight, net.out_bias, targets,
+            0.0 if sample_betas is not None else float(beta), sample_betas, list(aux.layers),
+            list(aux.maps), list(aux.targets), list(aux.scales), float(aux.tau), SCHEDULE_CODES[schedule],
+            int(steps), list(state))
 
 
 def hebbian_update(
@@ -204,7 +240,8 @@ def _check_like(op: str, name: str, t: torch.Tensor, like: torch.Tensor) -> None
 
 
 def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, out_weight,
-                 out_bias, targets, beta, steps, state) -> None:
+                 out_bias, targets, beta, sample_betas, aux_layers, aux_maps, aux_targets, aux_scales,
+                 aux_tau, schedule, steps, state) -> None:
     # Mutates `state` and returns nothing: tracing only needs the checks the kernel would make.
     n = len(weights)
     torch._check(len(biases) == n and len(state) == n and len(kinds) == n,
@@ -212,7 +249,10 @@ def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas
     torch._check(len(activations) == n and len(alphas) == n and len(gammas) == n,
                  lambda: "eqkern.settle: activations, alphas and gammas need one entry per layer")
     torch._check(steps >= 0, lambda: f"eqkern.settle: steps must be >= 0, got {steps}")
-    for i, t in enumerate(list(weights) + list(state)):
+    torch._check(schedule in (0, 1), lambda: f"eqkern.settle: schedule must be 0 or 1, got {schedule}")
+    torch._check(len(aux_maps) == len(aux_layers) and len(aux_targets) == len(aux_layers),
+                 lambda: "eqkern.settle: aux_maps and aux_targets need one entry per aux layer")
+    for i, t in enumerate(list(weights) + list(state) + list(aux_targets)):
         _check_like("settle", f"tensor {i}", t, x)
     return None
 

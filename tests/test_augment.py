@@ -36,22 +36,32 @@ def build(aug_id: str, dtype: torch.dtype, batch: int = 3, kappa: float = 0.7):
     return model, x, y
 
 
+# The triton backend's augmented runs are in tests/test_triton_backend.py.
+BACKENDS = ["torch", "cpp"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("aug_id", list(AUGMENTS))
-def test_augmented_states_match_reference(aug_id, dtype):
-    check_states_match(build(aug_id, dtype), "torch", f"torch {aug_id} {dtype}")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_augmented_states_match_reference(backend, aug_id, dtype):
+    require_backend(backend)
+    check_states_match(build(aug_id, dtype), backend, f"{backend} {aug_id} {dtype}")
 
 
 @pytest.mark.parametrize("estimator", ["symmetric", "one_sided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("aug_id", list(AUGMENTS))
-def test_augmented_gradients_match_reference(aug_id, dtype, estimator):
-    check_grads_match(build(aug_id, dtype), "torch", estimator, f"torch {aug_id} {dtype}")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_augmented_gradients_match_reference(backend, aug_id, dtype, estimator):
+    require_backend(backend)
+    check_grads_match(build(aug_id, dtype), backend, estimator, f"{backend} {aug_id} {dtype}")
 
 
-def test_frozen_projections_get_no_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_projections_get_no_gradient(backend):
+    require_backend(backend)
     model, x, y = build("le-frozen-fc", torch.float64)
-    ep_gradients(model, x, y, beta=0.5, t_free=5, t_nudge=3, backend="torch")
+    ep_gradients(model, x, y, beta=0.5, t_free=5, t_nudge=3, backend=backend)
     assert all(m.weight.grad is None for m in model.aux)
     assert all(p.grad is not None for p in model.connections.parameters())
 
@@ -74,11 +84,3 @@ def test_kd_targets_are_checked():
         ep_gradients(model, x, bad, beta=0.5, t_free=2, t_nudge=2)
     with pytest.raises(ValueError, match="augment.layers must name"):
         CRNN((2, 11, 11), LAYERS, 5, augment=LocalError((3,)))
-
-
-def test_backends_without_augmentation_refuse_by_name():
-    require_backend("cpp")
-    model, x, y = build("le", torch.float32)
-    with pytest.raises(ValueError, match="does not implement the LE/KD nudge"):
-        ep_gradients(model, x, y, beta=0.5, t_free=2, t_nudge=2, backend="cpp")
-    ep_gradients(model, x, y, beta=0.5, t_free=2, t_nudge=2)  # the default falls back to torch

@@ -9,7 +9,7 @@ import torch
 from cases import CASES
 from conftest import rel_rms
 from eqkern import CRNN, Conv, Linear, _build, ops
-from eqkern.backends import analytic, reference
+from eqkern.backends import analytic, cpp, reference
 from eqkern.backends.common import Phase
 
 pytestmark = pytest.mark.skipif(not _build.cpp_available(), reason="eqkern._C not built")
@@ -133,18 +133,24 @@ def test_hebbian_update_op_noncontiguous_fp32():
 # -- opcheck ------------------------------------------------------------------------------------
 
 def _opcheck_settle_samples():
+    from eqkern.augment import LocalError
+
     samples = []
     for case, dtype, beta in (("conv-pool-odd11", torch.float32, 0.5), ("fc-only-mse", torch.float64, -0.3),
                               ("batch1-rgb9", torch.float32, 0.0)):
         model, x, y = BY_ID[case].build(dtype)
-        net = ops.network_args(model)
         state = model.init_state(x.shape[0], like=x)
-        samples.append((x, *[list(a) if isinstance(a, list) else a for a in net], y if beta else None, beta, 2,
-                        [s.detach() for s in state]))
+        samples.append(ops.settle_op_args(x, ops.network_args(model), state, beta, 2, y if beta else None))
+    # LE nudges, one beta per sample, alternating schedule
+    model = CRNN((2, 9, 9), [Conv(3), Linear(5)], 4, augment=LocalError((0, 1)))
+    x, y = torch.rand(4, 2, 9, 9), torch.tensor([0, 1, 2, 3])
+    betas = torch.tensor([0.5, 0.5, -0.5, -0.5])
+    samples.append(ops.settle_op_args(x, ops.network_args(model), model.init_state(4, like=x), betas, 2, y,
+                                      cpp.aux_nudge_args(model, y, x.dtype), "alternating"))
     return samples
 
 
-@pytest.mark.parametrize("i", range(3))
+@pytest.mark.parametrize("i", range(4))
 def test_opcheck_settle(i):
     args = _opcheck_settle_samples()[i]
     args = tuple(a.detach() if isinstance(a, torch.Tensor) else
@@ -234,3 +240,27 @@ def test_errors_name_the_tensor():
         _raises(r"grads\[2\] has shape \[6\] but its parameter has shape \[6, 4, 3, 3\]", ops.hebbian_update, x,
                 net, y, state, 0.5, state, -0.5, [grads[0], grads[1], grads[3], grads[3], *grads[4:]])
         _raises(r"beta_a and beta_b must differ", ops.hebbian_update, x, net, y, state, 0.5, state, 0.5, grads)
+
+
+def test_nudge_argument_errors():
+    from eqkern.augment import LocalError
+
+    model = CRNN((2, 9, 9), [Conv(3), Linear(5)], 4, augment=LocalError((0, 1)))
+    x, y = torch.rand(4, 2, 9, 9), torch.tensor([0, 1, 2, 3])
+    net, state = ops.network_args(model), model.init_state(4, like=x)
+    aux = cpp.aux_nudge_args(model, y, x.dtype)
+    with torch.no_grad():
+        _raises(r"sample_betas has shape \[3\], expected \(4\)", ops.settle, x, net, state,
+                torch.ones(3), 2, y, aux)
+        _raises(r"aux_layers\[1\] is 7 but the network has 2 layers", ops.settle, x, net, state, 0.5, 2, y,
+                aux._replace(layers=[0, 7]))
+        _raises(r"aux_targets\[0\] has shape \[4, 3\], expected \(4, 4\)", ops.settle, x, net, state, 0.5, 2,
+                y, aux._replace(targets=[aux.targets[0][:, :3], aux.targets[1]]))
+        _raises(r"aux_maps\[1\] has shape \[4, 4\] but layer 1 has 5 features", ops.settle, x, net, state, 0.5,
+                2, y, aux._replace(maps=[aux.maps[0], aux.maps[1][:, :4]]))
+        _raises(r"need one entry per augmented layer \(2\), got 2, 2, 1", ops.settle, x, net, state, 0.5, 2, y,
+                aux._replace(scales=[1.0]))
+        _raises(r"aux_tau must be > 0", ops.settle, x, net, state, 0.5, 2, y, aux._replace(tau=0.0))
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        ops.settle(x, net, state, 0.5, 2, y, aux, "backwards")
+

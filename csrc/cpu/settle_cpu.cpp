@@ -162,10 +162,16 @@ void settle_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList bias
                 at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
                 at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
                 const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
-                const std::optional<at::Tensor>& targets, double beta, int64_t steps, at::TensorList state) {
+                const std::optional<at::Tensor>& targets, double beta,
+                const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
+                const c10::List<std::optional<at::Tensor>>& aux_maps, at::TensorList aux_targets,
+                at::ArrayRef<double> aux_scales, double aux_tau, int64_t schedule, int64_t steps,
+                at::TensorList state) {
   TORCH_CHECK(x.device().is_cpu(), "eqkern.settle (CPU kernel): x is on ", x.device());
-  settle_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, out_weight,
-              out_bias, targets, beta, steps, state);
+  const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
+                         aux_maps, aux_targets, aux_scales, aux_tau};
+  settle_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, nudges, schedule,
+              steps, state);
 }
 
 void hebbian_update_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases,

@@ -95,7 +95,7 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
 
 
 # Backends whose settle step and update include the LE/KD(W) nudge terms (eqkern.augment).
-AUGMENT_BACKENDS = ("reference", "torch", "triton")
+AUGMENT_BACKENDS = ("reference", "torch", "cpp", "triton")
 
 
 def get_backend(name: str | None, device: torch.device, model=None) -> ModuleType:

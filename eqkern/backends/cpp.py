@@ -9,29 +9,65 @@ on CPU, cuDNN on GPU) and the rest is two fused passes: max-pool + unpool of the
 conv layer one weight-gradient convolution over ``[s_a, s_b]`` against
 ``[unpool(s_a'), −unpool(s_b')]`` (layer 0 subtracts first), per FC layer one GEMM, then the read-out,
 added into every ``.grad`` as :func:`.analytic.hebbian_update` does.
+
+LE / KD(W) nudges run inside the loop (``csrc/nudge.h``) from what :func:`aux_nudge_args` packs:
+the targets of a batch (one-hot labels, or the teacher's ``softmax(t/τ)``) are constants of the
+phase, so they are computed once here. The update of the LE projections / KDW maps is the small
+read-out-like term of :func:`.analytic._aux_grads`, shared with the torch backend.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from ..augment import LocalError, labels_of
 from ..model import CRNN
-from .common import Phase
+from .analytic import _aux_grads
+from .common import Phase, accumulate_grads
+
+
+def aux_nudge_args(model: CRNN, y, dtype: torch.dtype):
+    """The :class:`eqkern.ops.AuxNudgeArgs` of an augmented model for targets ``y`` (see augment.py:
+    LE ``c = κ/τ`` towards one-hot labels, KD(W) ``c = κτ`` towards ``softmax(t/τ)``)."""
+    from .. import ops
+
+    aug = model.augment
+    if aug is None:
+        return ops.NO_AUX
+    maps, targets, scales = [], [], []
+    for j, _ in enumerate(aug.layers):
+        mod = model.aux_module(j)
+        maps.append(None if mod is None else mod.weight)
+        if isinstance(aug, LocalError):
+            targets.append(F.one_hot(labels_of(y).long(), model.num_classes).to(dtype))
+            scales.append(model.kappa / aug.tau)
+        else:
+            targets.append(torch.softmax(y.features[j].flatten(1).to(dtype) / aug.tau, dim=1))
+            scales.append(model.kappa * aug.tau)
+    return ops.AuxNudgeArgs(list(aug.layers), maps, targets, scales, float(aug.tau))
 
 
 def settle(
     model: CRNN,
     x: torch.Tensor,
     state: list[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     steps: int,
-    y: torch.Tensor | None,
+    y,
+    schedule: str = "synchronous",
 ) -> list[torch.Tensor]:
-    """Run ``steps`` steps in place; ``u_0 = P_0(W_0 * x + b_0)`` is computed once, in C++."""
+    """Run ``steps`` steps in place; ``u_0 = P_0(W_0 * x + b_0)`` is computed once, in C++.
+
+    ``beta``: a float or a ``(batch,)`` tensor (one β per sample).
+    """
     from .. import ops  # imported late: loading eqkern._C is only needed when this backend runs
 
+    nudged = isinstance(beta, torch.Tensor) or beta != 0.0
+    aux = aux_nudge_args(model, y, x.dtype) if nudged else ops.NO_AUX
     with torch.no_grad():
-        ops.settle(x, ops.network_args(model), state, beta, steps, y if beta != 0.0 else None)
+        ops.settle(x, ops.network_args(model), state, beta, steps, labels_of(y) if nudged else None,
+                   aux, schedule)
     return state
 
 
@@ -40,10 +76,16 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     """The contrastive Hebbian update, added to every ``.grad`` (SPEC §2), in one C++ call."""
     from .. import ops
 
-    params = list(model.parameters())  # weight, bias of every connection, then the read-out
+    params = list(model.connections.parameters())  # weight, bias of every connection
+    if model.out is not None:
+        params += list(model.out.parameters())
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     net = ops.network_args(model)
-    ops.hebbian_update(x, net, y if net.out_weight is not None else None, a.state, a.beta, b.state,
-                       b.beta, [p.grad for p in params])
+    ops.hebbian_update(x, net, labels_of(y) if net.out_weight is not None else None, a.state, a.beta,
+                       b.state, b.beta, [p.grad for p in params])
+    learned = [m.weight.requires_grad for m in model.aux]
+    if any(learned):
+        pairs = [(m.weight, g) for m, g, learn in zip(model.aux, _aux_grads(model, y, a, b), learned) if learn]
+        accumulate_grads(*zip(*pairs))
