@@ -33,10 +33,12 @@ TORCH_LIBRARY(eqkern, m) {
   // beta, or one beta per sample (sample_betas). LE/KD(W) nudges (csrc/nudge.h) on the layers
   // aux_layers, through aux_maps (or none), towards aux_targets, scaled by aux_scales, at aux_tau.
   // schedule: 0 synchronous, 1 alternating (even layers, then odd layers from the new even ones).
+  // feedback_weights: [] (symmetric: the top-down terms use the weights) or [None, B_1, ..., B_{N-1}]
+  // (Laborieux's vector field: d_i through B_{i+1}, with the argmax of B_{i+1} * s_i).
   m.def(
       "settle(Tensor x, Tensor[] weights, Tensor[] biases, int[] kinds, int[] paddings, int[] pools, "
-      "int[] activations, float[] alphas, float[] gammas, Tensor? out_weight, Tensor? out_bias, "
-      "Tensor? targets, float beta, Tensor? sample_betas, int[] aux_layers, Tensor?[] aux_maps, "
+      "int[] activations, float[] alphas, float[] gammas, Tensor?[] feedback_weights, Tensor? out_weight, "
+      "Tensor? out_bias, Tensor? targets, float beta, Tensor? sample_betas, int[] aux_layers, Tensor?[] aux_maps, "
       "Tensor[] aux_targets, float[] aux_scales, float aux_tau, int schedule, int steps, "
       "Tensor(a!)[] state) -> ()");
   // The contrastive Hebbian update of all layers (and the CE read-out), added into `grads`

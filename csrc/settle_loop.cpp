@@ -94,6 +94,25 @@ void check_states(const char* op, const char* name, TensorList s, const std::vec
   }
 }
 
+// Separate feedback weights: none at all (symmetric), or one per layer with none for layer 0 (it
+// reads the clamped input and sends nothing down), each shaped like its forward weight.
+void check_feedback_weights(const char* op, const Tensor& x, TensorList weights,
+                            const c10::List<std::optional<Tensor>>& feedback) {
+  if (feedback.empty()) return;
+  TORCH_CHECK(feedback.size() == weights.size(), op, ": feedback_weights has ", feedback.size(),
+              " entries but the network has ", weights.size(), " layers (or pass none: symmetric)");
+  const std::optional<Tensor> first = feedback.get(0);
+  TORCH_CHECK(!(first.has_value() && first->defined()), op, ": feedback_weights[0] must be None (layer 0 sends "
+              "nothing down)");
+  for (size_t i = 1; i < weights.size(); ++i) {
+    const std::optional<Tensor> b = feedback.get(i);
+    TORCH_CHECK(b.has_value() && b->defined(), op, ": feedback_weights[", i, "] is None");
+    check_same(op, *b, idx_name("feedback_weights", i), x);
+    TORCH_CHECK(b->sizes() == weights[i].sizes(), op, ": feedback_weights[", i, "] has shape ", b->sizes(),
+                " but weights[", i, "] has shape ", weights[i].sizes());
+  }
+}
+
 // Returns the one-hot targets (x's dtype) of the read-out, or an undefined tensor when not needed.
 Tensor check_readout(const char* op, const Tensor& x, const Shape& last,
                      const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
@@ -139,14 +158,17 @@ class SettleRun {
   SettleRun(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
             at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
             at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
-            const std::vector<Shape>& shapes, TensorList state, const Nudges& nudges)
+            const c10::List<std::optional<Tensor>>& feedback_weights, const std::vector<Shape>& shapes,
+            TensorList state, const Nudges& nudges)
       : k_(k), x_(x), biases_(biases), kinds_(kinds), paddings_(paddings), pools_(pools),
         activations_(activations), alphas_(alphas), gammas_(gammas), shapes_(shapes), nudges_(nudges),
-        lay_{use_channels_last(x)}, n_(shapes.size()), work_(n_), w_(n_), u_buf_(n_), unp_buf_(n_), pre_(n_) {
+        lay_{use_channels_last(x)}, n_(shapes.size()), separate_(!feedback_weights.empty()), work_(n_), w_(n_),
+        fb_w_(n_), u_buf_(n_), unp_buf_(n_), pre_(n_) {
     // Working states in the layout the convolutions like; copied back at the end if they differ.
     for (size_t i = 0; i < n_; ++i) {
       work_[i] = lay_.make(state[i]);
       w_[i] = lay_.make(weights[i]);
+      if (separate_ && i > 0) fb_w_[i] = lay_.make(*feedback_weights.get(i));
     }
     // u_0: constant over the call.
     if (kinds[0] == kConvLayer) {
@@ -172,22 +194,17 @@ class SettleRun {
       Tensor u_next, d;
       if (i + 1 < n_) {
         const size_t j = i + 1;
-        if (kinds_[j] == kConvLayer) {
+        if (kinds_[j] == kConvLayer && pools_[j] && !separate_) {
+          // one fused pass gives u_{i+1} and the unpooled s_{i+1} through the same argmax
           const Tensor pre = forward(j);
-          Tensor fb = work_[j];
-          if (pools_[j]) {
-            ensure_pool_buffers(j, pre);
-            RECORD_FUNCTION("eqkern::pool_unpool", std::vector<c10::IValue>());
-            k_.pool_unpool(pre, &u_buf_[j], &unp_buf_[j], &work_[j], nullptr, 1.0);
-            u_next = u_buf_[j];
-            fb = unp_buf_[j];
-          } else {
-            u_next = pre;
-          }
-          d = lay_.make(conv_transposed(fb, w_[j], paddings_[j]));
+          ensure_pool_buffers(j, pre);
+          RECORD_FUNCTION("eqkern::pool_unpool", std::vector<c10::IValue>());
+          k_.pool_unpool(pre, &u_buf_[j], &unp_buf_[j], &work_[j], nullptr, 1.0);
+          u_next = u_buf_[j];
+          d = lay_.make(conv_transposed(unp_buf_[j], w_[j], paddings_[j]));
         } else {
-          u_next = forward(j);
-          d = lay_.make(at::mm(work_[j], w_[j]).view(s.sizes()));
+          u_next = pooled(j, forward(j));
+          d = top_down(i, Tensor());
         }
       }
       epilogue(i, u, d);
@@ -203,7 +220,7 @@ class SettleRun {
     for (size_t parity = 0; parity < 2; ++parity) {
       for (size_t i = parity; i < n_; i += 2) {
         const Tensor u = bottom_up(i);
-        const Tensor d = top_down(i);
+        const Tensor d = top_down(i, Tensor());
         epilogue(i, u, d);
         if (i + 1 < n_) pre_[i + 1] = Tensor();  // its input s_i changed
       }
@@ -235,29 +252,34 @@ class SettleRun {
     }
   }
 
-  // u_i = P_{i-1}(W_{i-1} * s_{i-1} + b_{i-1}) from the current s_{i-1}.
-  Tensor bottom_up(size_t i) {
-    if (i == 0) return u0_;
-    const Tensor pre = cached_forward(i);
-    if (kinds_[i] != kConvLayer || !pools_[i]) return pre;
-    ensure_pool_buffers(i, pre);
-    k_.pool_unpool(pre, &u_buf_[i], nullptr, nullptr, nullptr, 1.0);
-    return u_buf_[i];
+  // P_{j}(pre) into u_buf_[j] for a pooled conv j, else pre itself.
+  Tensor pooled(size_t j, const Tensor& pre) {
+    if (kinds_[j] != kConvLayer || !pools_[j]) return pre;
+    ensure_pool_buffers(j, pre);
+    k_.pool_unpool(pre, &u_buf_[j], nullptr, nullptr, nullptr, 1.0);
+    return u_buf_[j];
   }
 
-  // d_i = conv_transpose(unpool(s_{i+1}, argmax of W_{i+1} * s_i + b), W_{i+1}) from the current states.
-  Tensor top_down(size_t i) {
+  // u_i = P_{i-1}(W_{i-1} * s_{i-1} + b_{i-1}) from the current s_{i-1}.
+  Tensor bottom_up(size_t i) { return i == 0 ? u0_ : pooled(i, cached_forward(i)); }
+
+  // d_i = conv_transpose(unpool(s_{i+1}, argmax), F_{i+1}) (F_{i+1}^T s_{i+1} for FC) from the
+  // current states; F = W (symmetric, the argmax of W_{i+1} * s_i + b: `pre` if the caller has it)
+  // or the feedback weight B (the argmax of B_{i+1} * s_i, Laborieux App. D.3).
+  Tensor top_down(size_t i, const Tensor& pre) {
     if (i + 1 >= n_) return Tensor();
     const size_t j = i + 1;
-    const Tensor pre = cached_forward(j);
-    if (kinds_[j] != kConvLayer) return lay_.make(at::mm(work_[j], w_[j]).view(work_[i].sizes()));
+    const Tensor& f = separate_ ? fb_w_[j] : w_[j];
+    if (kinds_[j] != kConvLayer) return lay_.make(at::mm(work_[j], f).view(work_[i].sizes()));
     Tensor fb = work_[j];
     if (pools_[j]) {
-      ensure_pool_buffers(j, pre);
-      k_.pool_unpool(pre, nullptr, &unp_buf_[j], &work_[j], nullptr, 1.0);
+      const Tensor argmax_of = separate_ ? lay_.make(conv_forward(work_[i], f, std::nullopt, paddings_[j]))
+                               : pre.defined() ? pre : cached_forward(j);
+      ensure_pool_buffers(j, argmax_of);
+      k_.pool_unpool(argmax_of, nullptr, &unp_buf_[j], &work_[j], nullptr, 1.0);
       fb = unp_buf_[j];
     }
-    return lay_.make(conv_transposed(fb, w_[j], paddings_[j]));
+    return lay_.make(conv_transposed(fb, f, paddings_[j]));
   }
 
   // state[i] <- rho(alpha_i u + gamma_i d + n_i), n_i from the pre-update state[i].
@@ -280,9 +302,11 @@ class SettleRun {
   const Nudges& nudges_;
   const Layout lay_;
   const size_t n_;
-  std::vector<Tensor> work_, w_;
+  const bool separate_;  // feedback weights B_j of their own (else the top-down terms use W_j)
+  std::vector<Tensor> work_, w_, fb_w_;
   std::vector<Tensor> u_buf_, unp_buf_;  // reused across steps: every element is rewritten
-  std::vector<Tensor> pre_;              // alternating only: W_j * s_{j-1} + b_j while s_{j-1} is unchanged
+  // alternating only (the synchronous step never reads it): W_j * s_{j-1} + b_j while s_{j-1} is unchanged
+  std::vector<Tensor> pre_;
   Tensor u0_;
 };
 
@@ -291,7 +315,8 @@ class SettleRun {
 void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
                  at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
                  at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
-                 const NudgeArgs& nudge_args, int64_t schedule, int64_t steps, TensorList state) {
+                 const c10::List<std::optional<Tensor>>& feedback_weights, const NudgeArgs& nudge_args,
+                 int64_t schedule, int64_t steps, TensorList state) {
   constexpr const char* op = "eqkern.settle";
   const auto shapes = check_network(op, x, weights, biases, kinds, paddings, pools);
   check_states(op, "state", state, shapes, x);
@@ -306,6 +331,7 @@ void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, Te
     TORCH_CHECK(at::has_internal_overlap(state[i]) != at::MemOverlap::Yes, op, ": state[", i,
                 "] has internally overlapping memory (e.g. from expand)");
   }
+  check_feedback_weights(op, x, weights, feedback_weights);
   const bool nudged = nudge_args.beta != 0.0 ||
                       (nudge_args.sample_betas.has_value() && nudge_args.sample_betas->defined());
   const Tensor onehot = check_readout(op, x, shapes.back(), nudge_args.out_weight, nudge_args.out_bias,
@@ -313,7 +339,8 @@ void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, Te
   const Nudges nudges(op, x, shapes, nudge_args, onehot);
   if (steps == 0) return;
 
-  SettleRun run(k, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, shapes, state, nudges);
+  SettleRun run(k, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights, shapes,
+                state, nudges);
   for (int64_t t = 0; t < steps; ++t) {
     if (schedule == kAlternating) {
       run.alternating_step();

@@ -46,8 +46,8 @@ enum Schedule : int64_t { kSynchronous = 0, kAlternating = 1 };
 void settle_loop(const DeviceKernels& k, const at::Tensor& x, at::TensorList weights,
                  at::TensorList biases, at::IntArrayRef kinds, at::IntArrayRef paddings,
                  at::IntArrayRef pools, at::IntArrayRef activations, at::ArrayRef<double> alphas,
-                 at::ArrayRef<double> gammas, const NudgeArgs& nudges, int64_t schedule, int64_t steps,
-                 at::TensorList state);
+                 at::ArrayRef<double> gammas, const c10::List<std::optional<at::Tensor>>& feedback_weights,
+                 const NudgeArgs& nudges, int64_t schedule, int64_t steps, at::TensorList state);
 
 void hebbian_update_loop(const DeviceKernels& k, const at::Tensor& x, at::TensorList weights,
                          at::TensorList biases, at::IntArrayRef kinds, at::IntArrayRef paddings,

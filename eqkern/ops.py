@@ -109,7 +109,8 @@ class NetworkArgs(NamedTuple):
     """A CRNN flattened into the arguments of the whole-network ops (one entry per layer).
 
     kinds: 0 = conv, 1 = linear; paddings / pools (0 or 1): of the convs (0 for linear layers);
-    activations: codes of ``ACTIVATION_CODES``; out_weight / out_bias: the CE read-out, or None (MSE).
+    activations: codes of ``ACTIVATION_CODES``; out_weight / out_bias: the CE read-out, or None (MSE);
+    feedback_weights: ``[]`` (symmetric) or ``[None, B_1, …, B_{N-1}]`` (``CRNN(feedback="separate")``).
     """
 
     weights: list[torch.Tensor]
@@ -122,6 +123,7 @@ class NetworkArgs(NamedTuple):
     gammas: list[float]
     out_weight: torch.Tensor | None
     out_bias: torch.Tensor | None
+    feedback_weights: list[torch.Tensor | None] = []
 
 
 def network_args(model) -> NetworkArgs:
@@ -140,6 +142,8 @@ def network_args(model) -> NetworkArgs:
         gammas=[float(spec.gamma) for spec in model.specs],
         out_weight=model.out.weight if model.out is not None else None,
         out_bias=model.out.bias if model.out is not None else None,
+        feedback_weights=([None] + [model.feedback_weight(i) for i in range(1, model.num_layers)]
+                          if getattr(model, "separate_feedback", False) else []),
     )
 
 
@@ -193,7 +197,7 @@ def settle(
     args = settle_op_args(x, net, state, beta, steps, targets, aux, schedule)
     _check_devices("settle", x, [(f"weights[{i}]", w) for i, w in enumerate(net.weights)]
                    + [(f"state[{i}]", s) for i, s in enumerate(state)]
-                   + [("out_weight", net.out_weight), ("targets", targets), ("beta", args[13])]
+                   + [("out_weight", net.out_weight), ("targets", targets), ("beta", args[14])]
                    + [(f"aux_targets[{k}]", t) for k, t in enumerate(aux.targets)])
     torch.ops.eqkern.settle.default(*args)
 
@@ -204,7 +208,7 @@ def settle_op_args(x, net, state, beta, steps, targets=None, aux=NO_AUX, schedul
         raise ValueError(f"schedule must be one of {sorted(SCHEDULE_CODES)}, got {schedule!r}")
     sample_betas = beta if isinstance(beta, torch.Tensor) else None
     return (x, list(net.weights), list(net.biases), net.kinds, net.paddings, net.pools, net.activations,
-            net.alphas, net.gammas, net.out_weight, net.out_bias, targets,
+            net.alphas, net.gammas, list(net.feedback_weights), net.out_weight, net.out_bias, targets,
             0.0 if sample_betas is not None else float(beta), sample_betas, list(aux.layers),
             list(aux.maps), list(aux.targets), list(aux.scales), float(aux.tau), SCHEDULE_CODES[schedule],
             int(steps), list(state))
@@ -239,9 +243,9 @@ def _check_like(op: str, name: str, t: torch.Tensor, like: torch.Tensor) -> None
     torch._check(t.dtype == like.dtype, lambda: f"eqkern.{op}: {name} has dtype {t.dtype}, x {like.dtype}")
 
 
-def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, out_weight,
-                 out_bias, targets, beta, sample_betas, aux_layers, aux_maps, aux_targets, aux_scales,
-                 aux_tau, schedule, steps, state) -> None:
+def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas, gammas,
+                 feedback_weights, out_weight, out_bias, targets, beta, sample_betas, aux_layers, aux_maps,
+                 aux_targets, aux_scales, aux_tau, schedule, steps, state) -> None:
     # Mutates `state` and returns nothing: tracing only needs the checks the kernel would make.
     n = len(weights)
     torch._check(len(biases) == n and len(state) == n and len(kinds) == n,

@@ -161,6 +161,7 @@ const DeviceKernels kCpuKernels{&settle_epilogue_dense_cpu, &pool_unpool_cpu};
 void settle_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::IntArrayRef kinds,
                 at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
                 at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
+                const c10::List<std::optional<at::Tensor>>& feedback_weights,
                 const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
                 const std::optional<at::Tensor>& targets, double beta,
                 const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
@@ -170,8 +171,8 @@ void settle_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList bias
   TORCH_CHECK(x.device().is_cpu(), "eqkern.settle (CPU kernel): x is on ", x.device());
   const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
                          aux_maps, aux_targets, aux_scales, aux_tau};
-  settle_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, nudges, schedule,
-              steps, state);
+  settle_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights,
+              nudges, schedule, steps, state);
 }
 
 void hebbian_update_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases,

@@ -74,6 +74,7 @@ const DeviceKernels kCudaKernels{&epilogue_dense_cuda, &pool_unpool_cuda};
 void settle_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::IntArrayRef kinds,
                  at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
                  at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
+                 const c10::List<std::optional<at::Tensor>>& feedback_weights,
                  const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
                  const std::optional<at::Tensor>& targets, double beta,
                  const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
@@ -84,8 +85,8 @@ void settle_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList bia
   const c10::cuda::CUDAGuard guard(x.device());
   const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
                          aux_maps, aux_targets, aux_scales, aux_tau};
-  settle_loop(kCudaKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, nudges, schedule,
-              steps, state);
+  settle_loop(kCudaKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights,
+              nudges, schedule, steps, state);
 }
 
 void hebbian_update_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
