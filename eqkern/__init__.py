@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .asymmetric import weight_angles
 from .backends import available_backends, resolve_backend
 from .bptt import BPTTResult, bptt_gradients
 from .gdu import check_gdu, format_gdu
@@ -37,5 +38,5 @@ __all__ = [
     "resolve_backend", "train", "TrainConfig", "evaluate", "info", "__version__",
     "train_vgg", "TrainResult", "Preset", "get_preset", "list_presets", "train_teacher",
     "teacher_features", "load_teacher", "crop_flip", "make_schedule", "ConstantKappa",
-    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa",
+    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa", "weight_angles",
 ]
