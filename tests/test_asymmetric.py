@@ -308,3 +308,37 @@ def test_bad_arguments():
         ep_gradients(sym, x, y, leakage=0.1, **kw)
     with pytest.raises(ValueError, match="feedback weight"):
         sep.feedback_weight(0)
+
+
+def test_train_vgg_logs_the_weight_angle(tmp_path):
+    """A preset with feedback='separate': B_l in W_l's optimizer group, one angle per l ≥ 1 and
+    epoch in the history and metrics.jsonl."""
+    import json
+
+    from eqkern.datasets import DataSplit
+    from eqkern.vgg import train_vgg
+
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 32, 32)
+    data = DataSplit(torch.randn(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g),
+                     torch.randn(8, *shape, generator=g), torch.randint(0, 10, (8,), generator=g),
+                     tuple(map(str, range(10))), shape, 10)
+    torch.set_num_threads(1)
+    res = train_vgg("vgg5-ce-cifar10", data=data, progress=False, log=lambda s: None,
+                    out_dir=tmp_path, width=1 / 32, t_free=3, t_nudge=2, batch_size=8, epochs=2,
+                    backend="torch", feedback="separate", feedback_rule="kp-vf", leakage=0.5,
+                    lr=(0.5,), weight_decay=0.0)
+    model = res.model
+    assert model.separate_feedback
+    angles = [h["weight_angle"] for h in res.history]
+    print("weight angle per epoch:", angles)
+    assert all(len(a) == model.num_layers - 1 for a in angles)
+    assert angles[-1] == weight_angles(model)
+    groups = param_groups(model, 0.1)
+    for i in range(1, model.num_layers):
+        assert any(p is model.feedback_weight(i) for p in groups[i]["params"])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["weight_angle"] == angles[-1]
+    with pytest.raises(ValueError, match="feedback_rule"):
+        train_vgg("vgg5-ce-cifar10", data=data, progress=False, log=lambda s: None,
+                  feedback_rule="vf", epochs=1)
