@@ -148,7 +148,7 @@ def feedback_update(
     """Add the gradient of every parameter of a separate-feedback ``model`` to its ``.grad``.
 
     ``hebbian``: the backend's ``hebbian_update`` (``W_0``, biases, read-out, LE/KDW maps). Rule
-    ``"ep"``: ``W_l`` keeps its EP update, ``B_l`` is fixed (no gradient), ``λ`` still applies.
+    ``"ep"``: ``W_l`` keeps its EP update (plus ``λ·W_l``), ``B_l`` is fixed (no gradient).
     ``"vf"``/``"kp-vf"``: ``W_l`` and ``B_l`` get :func:`rule_gradients` (the backend's ``W_l``
     term, computed along, is discarded: one weight-gradient per layer, small next to the settling).
     """
@@ -164,6 +164,5 @@ def feedback_update(
     if leakage:
         for w, bw in zip(weights, backs):
             w.grad.add_(w.detach(), alpha=leakage)
-            if bw.grad is None:
-                bw.grad = torch.zeros_like(bw)
-            bw.grad.add_(bw.detach(), alpha=leakage)
+            if rule != "ep":  # "ep" keeps B_l fixed: no update at all, leakage included
+                bw.grad.add_(bw.detach(), alpha=leakage)

@@ -66,7 +66,7 @@ def ep_gradients(
     Separate feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.asymmetric`): ``rule``
     is ``"kp-vf"`` (the default for such a model: ``W_l`` and ``B_l`` get the same update, Laborieux
     eq. 43), ``"vf"`` (eq. 42) or ``"ep"`` (``B_l`` fixed); ``leakage`` ``λ ≥ 0`` adds ``λ·W_l`` and
-    ``λ·B_l`` to their gradients (= SGD weight decay on them). A symmetric model takes only
+    (unless fixed) ``λ·B_l`` to their gradients (= SGD weight decay on them). A symmetric model takes only
     ``rule="ep"`` (its default) and ``leakage=0``.
     """
     beta = float(beta)

@@ -342,3 +342,15 @@ def test_train_vgg_logs_the_weight_angle(tmp_path):
     with pytest.raises(ValueError, match="feedback_rule"):
         train_vgg("vgg5-ce-cifar10", data=data, progress=False, log=lambda s: None,
                   feedback_rule="vf", epochs=1)
+
+
+def test_rule_ep_keeps_feedback_fixed():
+    """rule='ep': W_l gets the symmetric EP update (+ λ·W_l), B_l no gradient at all."""
+    model, x, y = build(CASES[0], torch.float64)
+    g = grads(model, x, y, "torch", rule="ep", leakage=0.1)
+    assert not any(n.startswith("feedback") for n in g)
+    g0 = grads(model, x, y, "torch", rule="ep")
+    w = model.connections[1].weight
+    err = rel_rms(g0["connections.1.weight"] + 0.1 * w.detach(), g["connections.1.weight"])
+    print(f"rule ep leakage: rel RMS {err:.2e}")
+    assert err <= 1e-14
