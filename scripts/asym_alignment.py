@@ -60,7 +60,8 @@ def main() -> None:
     for feedback, rule in (("symmetric", None), ("separate", "kp-vf"), ("separate", "vf")):
         r = run(data, feedback, rule, args)
         label = "symmetric EP" if rule is None else rule.upper()
-        per_epoch = " → ".join("[" + ", ".join(f"{a:.1f}" for a in e) + "]" for e in r["angles"])
+        per_epoch = " → ".join("[" + ", ".join(f"{a:.1f}" for a in e) + "]" for e in r["angles"]
+                               if e)
         print(f"{label:13s} test acc {r['test_acc']:.2f} %  ({r['seconds']:.0f} s)  "
               f"angle W_1∠B_1 (°) per epoch: {per_epoch or '-'}", flush=True)
 
