@@ -97,6 +97,16 @@ def test_copied_feedback_equals_symmetric(case, backend):
         assert err <= 1e-12
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=[CASES[0].id, CASES[3].id])
+def test_copied_feedback_equals_symmetric_triton(case, request, monkeypatch):
+    """The same on the triton backend (its separate path: B_l and a forward launch for its pool
+    indices), short phases for the interpreter."""
+    require_triton(request)
+    monkeypatch.setattr(cases, "T_FREE", 4)
+    monkeypatch.setattr(cases, "T_NUDGE", 4)
+    test_copied_feedback_equals_symmetric(case, "triton")
+
+
 def test_separate_feedback_changes_the_dynamics():
     """With independent B_l the equilibrium is not the symmetric one (so the tests above can fail)."""
     case = CASES[0]
