@@ -2,7 +2,8 @@
 
 Public API: the model description (:class:`CRNN`, :class:`Conv`, :class:`Linear`), the dynamics
 (:func:`settle`), the learning rules (:func:`ep_gradients`, :func:`bptt_gradients`), the GDU check
-(:func:`check_gdu`), a small training loop (:func:`train`) and :func:`info`.
+(:func:`check_gdu`), a small training loop (:func:`train`), :func:`info`, and for separate
+feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.asymmetric`) :func:`weight_angles`.
 """
 
 from __future__ import annotations
