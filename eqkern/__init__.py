@@ -2,13 +2,15 @@
 
 Public API: the model description (:class:`CRNN`, :class:`Conv`, :class:`Linear`), the dynamics
 (:func:`settle`), the learning rules (:func:`ep_gradients`, :func:`bptt_gradients`), the GDU check
-(:func:`check_gdu`), a small training loop (:func:`train`) and :func:`info`.
+(:func:`check_gdu`), a small training loop (:func:`train`), :func:`info`, and for separate
+feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.asymmetric`) :func:`weight_angles`.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .asymmetric import weight_angles
 from .backends import available_backends, resolve_backend
 from .bptt import BPTTResult, bptt_gradients
 from .gdu import check_gdu, format_gdu
@@ -37,5 +39,5 @@ __all__ = [
     "resolve_backend", "train", "TrainConfig", "evaluate", "info", "__version__",
     "train_vgg", "TrainResult", "Preset", "get_preset", "list_presets", "train_teacher",
     "teacher_features", "load_teacher", "crop_flip", "make_schedule", "ConstantKappa",
-    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa",
+    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa", "weight_angles",
 ]

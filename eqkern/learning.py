@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from .asymmetric import feedback_update, resolve_rule
 from .backends import get_backend
 from .backends.common import Phase
 from .model import CRNN
@@ -47,6 +48,8 @@ def ep_gradients(
     estimator: Estimator = "symmetric",
     backend: str | None = None,
     generator: torch.Generator | None = None,
+    rule: str | None = None,
+    leakage: float = 0.0,
 ) -> EPResult:
     """Estimate the loss gradient by EP and **add** it to every parameter's ``.grad``.
 
@@ -59,6 +62,12 @@ def ep_gradients(
 
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
+
+    Separate feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.asymmetric`): ``rule``
+    is ``"kp-vf"`` (the default for such a model: ``W_l`` and ``B_l`` get the same update, Laborieux
+    eq. 43), ``"vf"`` (eq. 42) or ``"ep"`` (``B_l`` fixed); ``leakage`` ``λ ≥ 0`` adds ``λ·W_l`` and
+    (unless fixed) ``λ·B_l`` to their gradients (= SGD weight decay on them). A symmetric model takes only
+    ``rule="ep"`` (its default) and ``leakage=0``.
     """
     beta = float(beta)
     if estimator not in ESTIMATORS:
@@ -66,6 +75,7 @@ def ep_gradients(
     if beta == 0.0:
         raise ValueError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
     check_phase_args(model, x, beta, max(t_free, t_nudge), y)
+    rule = resolve_rule(model, rule, leakage)
     be = get_backend(backend, x.device, model)
     batch = x.shape[0]
     if estimator == "random_sign":
@@ -82,7 +92,11 @@ def ep_gradients(
             other = Phase(minus, -beta)
         else:
             other = Phase(free, 0.0)
-        be.hebbian_update(model, x, y, Phase(plus, beta), other)
+        if model.separate_feedback:
+            feedback_update(model, x, y, Phase(plus, beta), other, free, rule=rule,
+                            leakage=float(leakage), hebbian=be.hebbian_update)
+        else:
+            be.hebbian_update(model, x, y, Phase(plus, beta), other)
         loss = scalar(model.loss(free[-1], y)) / batch
         predictions = model.predict(free)
     return EPResult(free, predictions, loss, beta)

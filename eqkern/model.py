@@ -30,6 +30,8 @@ from .augment import (Augmentation, Distill, aux_error, aux_loss, aux_readout_tr
                       make_aux_modules, reset_aux_module)
 
 Readout = Literal["ce", "mse"]
+Feedback = Literal["symmetric", "separate"]
+FEEDBACK_MODES = ("symmetric", "separate")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,12 @@ class CRNN(nn.Module):
         state_init: initial state of a phase, ``"zeros"`` or ``"uniform"`` (U(0,1), Lin's KD presets).
         augment: LE or KD(W) signals on some state layers (:mod:`eqkern.augment`); their weight in
             Φ_β is ``model.kappa`` (κ, a plain float the training driver sets per epoch).
+        feedback: ``"symmetric"`` (the top-down term of connection ``l`` uses ``W_l``, the dynamics
+            are ``∂Φ/∂s``) or ``"separate"`` (Laborieux §2.4 and App. D.3: connection ``l ≥ 1`` gets
+            its own feedback weight ``B_l``, shaped like ``W_l``, no bias, initialised
+            independently by the same law; the dynamics are a vector field, see
+            :meth:`feedback_weight` and :mod:`eqkern.asymmetric`). Connection 0 reads the clamped
+            input and sends nothing down, so it has no ``B_0`` (as in the paper).
     """
 
     def __init__(
@@ -96,8 +104,11 @@ class CRNN(nn.Module):
         init_scale: float = 1.0,
         state_init: Literal["zeros", "uniform"] = "zeros",
         augment: Augmentation | None = None,
+        feedback: Feedback = "symmetric",
     ) -> None:
         super().__init__()
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
         if readout not in ("ce", "mse"):
             raise ValueError(f"readout must be 'ce' or 'mse', got {readout!r}")
         if state_init not in ("zeros", "uniform"):
@@ -146,6 +157,14 @@ class CRNN(nn.Module):
                 raise ValueError(f"augment.layers must name state layers 0..{len(shapes) - 1}, "
                                  f"got {augment.layers}")
         self.aux = make_aux_modules(augment, shapes, self.num_classes)
+        self.feedback_mode: Feedback = feedback
+        # Registered last, so that model.parameters() lists W, b, read-out and LE/KDW maps in the
+        # same order as a symmetric model (the backends zip their gradient lists with it).
+        self.feedback_weights = None
+        if feedback == "separate":
+            self.feedback_weights = nn.ParameterDict({
+                str(i): nn.Parameter(torch.empty_like(conn.weight))
+                for i, conn in enumerate(self.connections) if i > 0})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -158,6 +177,49 @@ class CRNN(nn.Module):
                 m.bias.mul_(self.init_scale)
         for m in self.aux:
             reset_aux_module(self.augment, m, self.init_scale)
+        if self.feedback_weights is not None:
+            # Drawn after everything else, so W_l, b_l are those of the symmetric model of the same
+            # seed; the law is nn.Conv2d/nn.Linear's default weight init (Kaiming-uniform, a=√5).
+            with torch.no_grad():
+                for b in self.feedback_weights.values():
+                    nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+                    b.mul_(self.init_scale)
+
+    # -- feedback weights ----------------------------------------------------------------------
+
+    @property
+    def separate_feedback(self) -> bool:
+        """True when the top-down terms use their own weights ``B_l`` (``feedback="separate"``)."""
+        return self.feedback_weights is not None
+
+    def feedback_weight(self, i: int) -> torch.Tensor:
+        """The weight of connection ``i``'s top-down term: ``B_i`` (separate), else ``W_i``."""
+        if self.feedback_weights is None:
+            return self.connections[i].weight
+        if i == 0:
+            raise ValueError("connection 0 reads the clamped input: it has no feedback weight")
+        return self.feedback_weights[str(i)]
+
+    def ep_parameters(self) -> list[nn.Parameter]:
+        """Every parameter except the feedback weights ``B_l``, in ``parameters()`` order: what the
+        backends' Hebbian updates (the gradient of Φ) cover."""
+        skip = set() if self.feedback_weights is None else {id(p) for p in self.feedback_weights.values()}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def feedback_indices(
+        self, i: int, s_in: torch.Tensor, idx: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Pool indices of connection ``i``'s top-down term, given ``idx`` from :meth:`drive`.
+
+        Symmetric, or no pool: ``idx`` itself. Separate: the arg-max of ``P(B_i * s_in)`` (no bias),
+        as in Laborieux's per-layer function ``Φ̃_n ∋ s_{n+1} • P(w^b_{n+1} ⋆ s_n)`` (App. D.3,
+        eq. 46) whose ``s_n``-derivative is the top-down term.
+        """
+        spec = self.specs[i]
+        if self.feedback_weights is None or not isinstance(spec, Conv) or not spec.pool:
+            return idx
+        pre = F.conv2d(s_in, self.feedback_weight(i), None, padding=spec.padding)
+        return F.max_pool2d_with_indices(pre, 2, 2)[1]
 
     # -- shapes and states -------------------------------------------------------------------
 
@@ -239,14 +301,15 @@ class CRNN(nn.Module):
         """Top-down term that state layer ``i`` (above) sends to its input through connection ``i``.
 
         ``s_out: (batch, *state_shapes[i])``; returns a tensor of ``in_shape`` (the shape of the
-        input of connection ``i``): ``conv_transpose(unpool(s_out, idx), W_i)`` or ``W_iᵀ s_out``.
+        input of connection ``i``): ``conv_transpose(unpool(s_out, idx), W_i)`` or ``W_iᵀ s_out``,
+        with ``B_i`` for ``W_i`` when the feedback is separate (``idx`` from :meth:`feedback_indices`).
         """
-        spec, conn = self.specs[i], self.connections[i]
+        spec, weight = self.specs[i], self.feedback_weight(i)
         if isinstance(spec, Conv):
             if spec.pool:
                 s_out = self.unpool(i, s_out, idx, in_shape)
-            return F.conv_transpose2d(s_out, conn.weight, padding=spec.padding)
-        return (s_out @ conn.weight).view(in_shape)
+            return F.conv_transpose2d(s_out, weight, padding=spec.padding)
+        return (s_out @ weight).view(in_shape)
 
     def unpool(self, i: int, s_out: torch.Tensor, idx: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
         """Scatter pooled ``s_out`` back to the pre-pool map of conv ``i`` (input shape ``in_shape``).

@@ -47,6 +47,9 @@ class Preset:
     t_free: int = 250
     t_nudge: int = 50
     estimator: str = "symmetric"                 # symmetric | one_sided | random_sign
+    feedback: str = "symmetric"                  # symmetric | separate (B_l, Laborieux §2.4)
+    feedback_rule: str | None = None             # separate: kp-vf (None) | vf | ep (B_l fixed)
+    leakage: float = 0.0                         # KP-VF λ on W_l, B_l (weight_decay acts too)
     lr: tuple[float, ...] = (0.03,)              # one per weight layer (read-out included), or one for all
     optimizer: str = "sgd"                       # sgd | adam (or pass any torch.optim class to train_vgg)
     momentum: float = 0.9
@@ -285,6 +288,7 @@ def get_preset(name: str | Preset, **overrides: Any) -> Preset:
 
 def _validate(p: Preset) -> None:
     choices = {"readout": ("ce", "mse"), "estimator": ("symmetric", "one_sided", "random_sign"),
+               "feedback": ("symmetric", "separate"), "feedback_rule": (None, "ep", "vf", "kp-vf"),
                "state_init": ("zeros", "uniform"), "augment": ("none", "le", "kd", "kdw"),
                "data_augmentation": ("crop_flip", "none"),
                "kappa_schedule": ("constant", "linear", "exponential", "cosine", "step")}
@@ -294,6 +298,10 @@ def _validate(p: Preset) -> None:
     for key in ("t_free", "t_nudge", "batch_size", "epochs"):
         if int(getattr(p, key)) <= 0:
             raise ValueError(f"{key} must be positive, got {getattr(p, key)}")
+    if p.feedback_rule not in (None, "ep") and p.feedback != "separate":
+        raise ValueError(f"feedback_rule={p.feedback_rule!r} needs feedback='separate'")
+    if not p.leakage >= 0.0:
+        raise ValueError(f"leakage must be >= 0, got {p.leakage}")
     if p.augment != "none" and not p.augment_layers:
         raise ValueError(f"augment={p.augment!r} needs augment_layers")
     if any(not 0 <= i < len(p.arch) for i in p.augment_layers):

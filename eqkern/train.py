@@ -49,7 +49,12 @@ def param_groups(model: CRNN, lr: float | Sequence[float]) -> list[dict]:
     rates = [lr] * len(modules) if isinstance(lr, (int, float)) else list(lr)
     if len(rates) != len(modules):
         raise ValueError(f"lr has {len(rates)} rates, the model has {len(modules)} weight layers")
-    return [{"params": list(m.parameters()), "lr": r} for m, r in zip(modules, rates)]
+    groups = [{"params": list(m.parameters()), "lr": r} for m, r in zip(modules, rates)]
+    # A separate feedback weight B_l shares W_l's rate (and so momentum and weight decay), as in
+    # Laborieux App. E.1: Kolen-Pollack alignment needs the same update law on both.
+    for i in range(1, model.num_layers if model.separate_feedback else 0):
+        groups[i]["params"].append(model.feedback_weight(i))
+    return groups
 
 
 @torch.no_grad()

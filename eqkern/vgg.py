@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import Distill, LocalError, Targets
+from .asymmetric import weight_angles
 from .augmentation import crop_flip
 from .datasets import DataSplit, iterate_batches, load_dataset
 from .learning import ep_gradients
@@ -93,7 +94,8 @@ def build_model(preset: Preset, input_shape, num_classes: int) -> CRNN:
     elif preset.augment in ("kd", "kdw"):
         aug = Distill(tuple(preset.augment_layers), tau=preset.tau, mapped=preset.augment == "kdw")
     return CRNN(input_shape, preset.layers(), num_classes, readout=preset.readout,
-                init_scale=preset.init_scale, state_init=preset.state_init, augment=aug)
+                init_scale=preset.init_scale, state_init=preset.state_init, augment=aug,
+                feedback=preset.feedback)
 
 
 def _groups(model: CRNN, preset: Preset) -> list[dict]:
@@ -331,7 +333,7 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         opt.zero_grad(set_to_none=True)
         res = ep_gradients(model, xb, targets, beta=cfg.beta, t_free=cfg.t_free,
                            t_nudge=cfg.t_nudge, estimator=cfg.estimator, backend=cfg.backend,
-                           generator=gen)
+                           generator=gen, rule=cfg.feedback_rule, leakage=cfg.leakage)
         where = f"epoch {epoch + 1}, batch {b + 1}"
         s_abs = torch.stack([s.abs().mean() for s in res.free_state])
         u_abs = torch.stack([w.grad.abs().mean() if w.grad is not None else w.new_zeros(())
@@ -370,6 +372,8 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         "settle_steps": n_batches * phases, "settle_steps_per_batch": phases,
         "state_abs": [(a + v) / nb for a, v in zip(acc["state_abs"], state_sum.tolist())],
         "update_abs": [(a + v) / nb for a, v in zip(acc["update_abs"], update_sum.tolist())],
+        # separate feedback: angle (°) between W_l and B_l, l ≥ 1, at the end of the epoch (Laborieux Fig. 7)
+        **({"weight_angle": weight_angles(model)} if model.separate_feedback else {}),
     }
 
 

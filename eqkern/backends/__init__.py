@@ -96,18 +96,34 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
 
 # Backends whose settle step and update include the LE/KD(W) nudge terms (eqkern.augment).
 AUGMENT_BACKENDS = ("reference", "torch", "cpp", "triton")
+# Backends whose settle step uses separate feedback weights B_l (CRNN(feedback="separate")).
+ASYMMETRIC_BACKENDS = ("reference", "torch", "cpp", "triton")
+
+
+def _requirements(model) -> list[tuple[str, tuple[str, ...]]]:
+    """``(feature, backends that implement it)`` for each feature of ``model`` that not all have."""
+    if model is None:
+        return []
+    reqs = []
+    if model.augment is not None:
+        reqs.append(("the LE/KD nudge terms", AUGMENT_BACKENDS))
+    if model.separate_feedback:
+        reqs.append(("separate feedback weights (feedback='separate')", ASYMMETRIC_BACKENDS))
+    return reqs
 
 
 def get_backend(name: str | None, device: torch.device, model=None) -> ModuleType:
     """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
 
-    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only: asking for
-    another one by name is an error, the default falls back to ``torch``.
+    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only, a model with
+    separate feedback weights on those of ``ASYMMETRIC_BACKENDS``: asking for another one by name
+    is an error, the default falls back to ``torch``.
     """
     chosen = resolve_backend(name, device)
-    if model is not None and model.augment is not None and chosen not in AUGMENT_BACKENDS:
-        if name or os.environ.get("EQKERN_BACKEND"):
-            raise ValueError(f"backend {chosen!r} does not implement the LE/KD nudge terms yet; "
-                             f"use one of {AUGMENT_BACKENDS}")
-        chosen = "torch"
+    for feature, names in _requirements(model):
+        if chosen not in names:
+            if name or os.environ.get("EQKERN_BACKEND"):
+                raise ValueError(f"backend {chosen!r} does not implement {feature} yet; "
+                                 f"use one of {names}")
+            chosen = "torch"
     return BACKENDS[chosen]

@@ -4,6 +4,7 @@ No autograd and nothing kept alive across steps. Per step and layer (SPEC §1):
 
     bottom-up  u_l = P_{l-1}(W_{l-1} * s_{l-1} + b_{l-1})        conv + bias + max-pool (indices)
     top-down   d_l = conv_transpose(unpool(s_{l+1}, idx_l), W_l)  (W_lᵀ s_{l+1} for FC)
+               (separate feedback: B_l, and idx_l of P(B_l * s_l), see CRNN.feedback_indices)
     nudge      n_N = −β ∂L/∂s_N                                   read-out layer only
     s_l  ←  ρ(α_l u_l + γ_l d_l + n_l)
 
@@ -55,6 +56,7 @@ def layer_drives(
         u_next = d = None
         if i + 1 < n_layers:
             u_next, idx = model.drive(i + 1, s)
+            idx = model.feedback_indices(i + 1, s, idx)
             d = model.feedback(i + 1, state[i + 1], idx, s.shape)
         nudge = model.layer_nudge(i, s, y, beta) if beta != 0.0 else None
         yield i, u, d, nudge
@@ -171,7 +173,7 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     if model.out is not None:
         grads += _readout_grads(model, y, a, b)
     grads += _aux_grads(model, y, a, b)
-    params = list(model.parameters())
+    params = model.ep_parameters()  # separate feedback weights: eqkern.asymmetric
     accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
 
 

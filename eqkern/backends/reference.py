@@ -11,14 +11,33 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..activations import activate
-from ..model import CRNN
+from ..model import CRNN, Conv
 from .common import Phase, accumulate_grads
 
 
 def _has_scales(model: CRNN) -> bool:
     return any(spec.alpha != 1.0 or spec.gamma != 1.0 for spec in model.specs)
+
+
+def _split(model: CRNN) -> bool:
+    """The dynamics need the split (per-layer) form: FRE-RNN scales, or separate feedback."""
+    return model.separate_feedback or _has_scales(model)
+
+
+def _top_down_drive(model: CRNN, i: int, s_in: torch.Tensor) -> torch.Tensor:
+    """The drive whose ``s_in``-derivative is connection ``i``'s top-down term: ``P_i(W_i * s_in + b_i)``
+    (symmetric), or ``P_i(B_i * s_in)`` / ``B_i · flat(s_in)`` with separate feedback (Laborieux
+    eq. 46: the backward map has no bias and pools by its own arg-max)."""
+    if not model.separate_feedback:
+        return model.drive(i, s_in)[0]
+    spec, weight = model.specs[i], model.feedback_weight(i)
+    if isinstance(spec, Conv):
+        pre = F.conv2d(s_in, weight, None, padding=spec.padding)
+        return F.max_pool2d(pre, 2, 2) if spec.pool else pre
+    return F.linear(s_in.flatten(1), weight)
 
 
 def primitive(
@@ -34,7 +53,10 @@ def primitive(
     ``Φ = Σ_l ⟨s_{l+1}, P_l(W_l * s_l + b_l)⟩ (conv) or ⟨s_{l+1}, W_l·flat(s_l) + b_l⟩ (FC)``,
     ``Φ_β = Φ − β·L(ŷ, y) − βκ Σ_i L_aug,i(s_i)``. With ``scaled=True`` each coupling term is split so that its
     gradient is ``α_{l+1}`` times the bottom-up drive of ``s_{l+1}`` and ``γ_l`` times the top-down
-    term of ``s_l`` (FRE-RNN scales); the split is a pseudo-energy for the dynamics only.
+    term of ``s_l`` (FRE-RNN scales); the split is a pseudo-energy for the dynamics only. With
+    separate feedback (``model.separate_feedback``, always split) the top-down part uses ``B_l``:
+    this is Laborieux's ``Σ_n Φ̃_n`` (App. D.3, eq. 46), whose gradient with respect to ``s_n``
+    (the other layers detached) is the vector field ``F_n`` of eq. 40; it is not a primitive.
     """
     phi = x.new_zeros(())
     s_in = x
@@ -43,7 +65,7 @@ def primitive(
             spec = model.specs[i]
             phi = phi + spec.alpha * (s * model.drive(i, s_in.detach())[0]).sum()
             if i > 0:
-                phi = phi + model.specs[i - 1].gamma * (s.detach() * model.drive(i, s_in)[0]).sum()
+                phi = phi + model.specs[i - 1].gamma * (s.detach() * _top_down_drive(model, i, s_in)).sum()
         else:
             phi = phi + (s * model.drive(i, s_in)[0]).sum()
         s_in = s
@@ -61,7 +83,7 @@ def settle(
     y: torch.Tensor | None,
 ) -> list[torch.Tensor]:
     """Run ``steps`` synchronous steps ``s ← ρ(∂Φ_β/∂s)``; ``state`` is updated in place."""
-    scaled = _has_scales(model)
+    scaled = _split(model)
     for _ in range(steps):
         leaves = [s.detach().requires_grad_() for s in state]
         with torch.enable_grad():
@@ -75,7 +97,8 @@ def settle(
 
 def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
     """Add ``−[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` to every ``.grad``."""
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen LE projections: none
+    # Frozen LE projections: none. Separate feedback weights B_l: eqkern.asymmetric.
+    params = [p for p in model.ep_parameters() if p.requires_grad]
     with torch.enable_grad():
         delta = primitive(model, x, a.state, a.beta, y) - primitive(model, x, b.state, b.beta, y)
         delta = -delta / ((a.beta - b.beta) * x.shape[0])

@@ -4,6 +4,7 @@ Same schedule and same terms as :mod:`.analytic` (compare the two line by line);
 
     bottom-up  u_l = P_{l-1}(W_{l-1} * s_{l-1} + b_{l-1})   eqkern::forward_pool_triton (indices too)
     top-down   d_l = conv_transpose(unpool(s_{l+1}, idx_l), W_l)  ┐ eqkern::feedback_settle_triton:
+               (B_l and its own idx_l with separate feedback)      │
     nudge      n_l = model.layer_nudge (torch: soft-max read-out)  │ gather through idx_l, implicit
     s_l  ←  ρ(α_l u_l + γ_l d_l + n_l)                              ┘ GEMM, epilogue, store in place
 
@@ -60,6 +61,24 @@ def _as_map(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 4 else t.reshape(t.shape[0], -1, 1, 1)
 
 
+def _feedback(
+    model: CRNN, i: int, s_in: torch.Tensor, idx: torch.Tensor | None
+) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """``(weight, padding, idx)`` of connection ``i``'s top-down term, ``idx`` from :func:`drive`.
+
+    Symmetric: ``W_i`` and ``idx``. Separate feedback: ``B_i`` and, with a pool, the arg-max of
+    ``P(B_i * s_in)`` (no bias; one more forward launch, see ``CRNN.feedback_indices``)."""
+    weight, _, _, padding, pool = _conn(model, i)
+    if not model.separate_feedback:
+        return weight, padding, idx
+    weight = model.feedback_weight(i).view(weight.shape)
+    if pool:
+        forward_pool, _, _ = _kernels()
+        zero_bias = weight.new_zeros(weight.shape[0])
+        idx = forward_pool(_as_input(model, i, s_in), weight, zero_bias, padding, True)[1]
+    return weight, padding, idx
+
+
 def drive(model: CRNN, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(u, idx)`` of connection ``i`` (as ``CRNN.drive``, in one launch); ``u`` is 4-D."""
     forward_pool, _, _ = _kernels()
@@ -88,7 +107,7 @@ def step_(
         nudge = model.layer_nudge(i, s, y, beta) if beta != 0.0 else None
         if i + 1 < n_layers:
             u_next, idx = drive(model, i + 1, s)
-            weight, _, _, padding, _ = _conn(model, i + 1)
+            weight, padding, idx = _feedback(model, i + 1, s, idx)
             target = _as_input(model, i + 1, s)
             s_up = _as_map(state[i + 1])
         else:
@@ -157,5 +176,5 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     if model.out is not None:
         grads += analytic._readout_grads(model, y, a, b)
     grads += analytic._aux_grads(model, y, a, b)
-    params = list(model.parameters())
+    params = model.ep_parameters()  # separate feedback weights: eqkern.asymmetric
     accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
