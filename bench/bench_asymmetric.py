@@ -5,8 +5,9 @@ next to the symmetric model of the same size in the same run.
 Providers: ``reference`` (the separate model, autograd of the per-layer functions Φ̃ each step:
 the baseline of the group), ``torch`` (the separate model, analytic backend: one extra forward
 conv per pooled layer and step for the feedback pool indices), ``torch-symmetric`` (the symmetric
-model, analytic backend: the cost the separate weights add is the gap to ``torch``). Iterations
-train with KP-VF (``torch``, ``reference``) and VF (``torch-vf``).
+model, analytic backend: the cost the separate weights add is the gap to ``torch``), ``cpp`` (the
+separate model in the C++ loop). Iterations train with KP-VF (``torch``, ``cpp``, ``reference``)
+and VF (``torch-vf``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import record_env
+from conftest import record_env, require_provider
 from eqkern import CRNN, ep_gradients, settle
 
 FREE_STEPS = 6  # as bench_settle.py
@@ -26,6 +27,7 @@ PROVIDERS = {
     "torch": ("separate", "torch", "kp-vf"),
     "torch-vf": ("separate", "torch", "vf"),
     "torch-symmetric": ("symmetric", "torch", None),
+    "cpp": ("separate", "cpp", "kp-vf"),
 }
 
 
@@ -44,6 +46,7 @@ def test_asym_free_phase(benchmark, provider, size):
     """A free phase of FREE_STEPS steps from the zero state (reported per step)."""
     name, (model, x, y) = size
     feedback, backend, _ = PROVIDERS[provider]
+    require_provider(backend)
     model = with_feedback(model, feedback)
     benchmark.group = f"asym-free-phase-{name}"
     benchmark.extra_info.update(steps=FREE_STEPS, feedback=feedback)
@@ -61,6 +64,7 @@ def test_asym_training_iteration(benchmark, provider, size):
     """One EP gradient (free phase + ±β phases + the rule's update) of one batch."""
     name, (model, x, y) = size
     feedback, backend, rule = PROVIDERS[provider]
+    require_provider(backend)
     model = with_feedback(model, feedback)
     benchmark.group = f"asym-iteration-{name}"
     benchmark.extra_info.update(t_free=ITER_T_FREE, t_nudge=ITER_T_NUDGE, feedback=feedback,
