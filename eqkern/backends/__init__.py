@@ -1,7 +1,8 @@
 """Backend registry and selection (SPEC §4).
 
-A backend is a module with ``settle(model, x, state, beta, steps, y)`` and
-``hebbian_update(model, x, y, phase_a, phase_b)``. ``backend=`` arguments and the ``EQKERN_BACKEND``
+A backend is a module with ``settle(model, x, state, beta, steps, y, schedule="synchronous")`` and
+``hebbian_update(model, x, y, phase_a, phase_b)``; the backends of ``SCHEDULE_BACKENDS`` take
+``schedule="alternating"``, those of ``BATCHED_NUDGE_BACKENDS`` a per-sample ``(batch,)`` β. ``backend=`` arguments and the ``EQKERN_BACKEND``
 environment variable pick one by name; without either, the fastest available on the device is
 used and the choice is logged once.
 """
@@ -96,18 +97,49 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
 
 # Backends whose settle step and update include the LE/KD(W) nudge terms (eqkern.augment).
 AUGMENT_BACKENDS = ("reference", "torch", "triton")
+# Backends whose settle takes schedule="alternating" (even layers, then odd ones; SPEC §1).
+SCHEDULE_BACKENDS = ("reference", "torch", "triton")
+# Backends whose nudge terms take a per-sample (batch,) β: the ±β phases as one batch of 2B.
+BATCHED_NUDGE_BACKENDS = ("reference", "torch", "triton")
 
 
-def get_backend(name: str | None, device: torch.device, model=None) -> ModuleType:
+def backend_name(module: ModuleType) -> str:
+    """The registry name of a backend module."""
+    return next(name for name, mod in BACKENDS.items() if mod is module)
+
+
+def get_backend(
+    name: str | None,
+    device: torch.device,
+    model=None,
+    *,
+    schedule: str = "synchronous",
+    batched_nudge: bool = False,
+) -> ModuleType:
     """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
 
-    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only: asking for
-    another one by name is an error, the default falls back to ``torch``.
+    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only, the alternating
+    ``schedule`` on those of ``SCHEDULE_BACKENDS``, a per-sample β (``batched_nudge``) on those of
+    ``BATCHED_NUDGE_BACKENDS``: asking for another one by name (or ``$EQKERN_BACKEND``) is a
+    ValueError, the default falls back to ``torch``.
     """
+    from .common import SCHEDULES
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
     chosen = resolve_backend(name, device)
-    if model is not None and model.augment is not None and chosen not in AUGMENT_BACKENDS:
-        if name or os.environ.get("EQKERN_BACKEND"):
-            raise ValueError(f"backend {chosen!r} does not implement the LE/KD nudge terms yet; "
-                             f"use one of {AUGMENT_BACKENDS}")
-        chosen = "torch"
+    needs = []
+    if model is not None and model.augment is not None:
+        needs.append(("the LE/KD nudge terms", AUGMENT_BACKENDS))
+    if schedule != "synchronous":
+        needs.append((f"schedule={schedule!r}", SCHEDULE_BACKENDS))
+    if batched_nudge:
+        needs.append(("batched_nudge=True (a per-sample β in the nudge terms)",
+                      BATCHED_NUDGE_BACKENDS))
+    for what, backends in needs:
+        if chosen not in backends:
+            if name or os.environ.get("EQKERN_BACKEND"):
+                raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
+                                 f"use one of {backends}")
+            chosen = "torch"
     return BACKENDS[chosen]
