@@ -32,7 +32,8 @@ class EPResult:
     beta: the nudging strength used (its sign is random for ``random_sign``);
     free_steps / nudge_steps: the steps the free phase and the nudged phase(s) ran (the caps
     ``t_free`` / ``t_nudge`` without a ``tol``; for two sequential nudged phases, the larger);
-    settle_steps: every step run, all phases summed (a batched ±β pair counts once).
+    settle_steps: every step run, all phases summed (a batched ±β pair counts as two phases, as
+    when they run one after the other).
     """
 
     free_state: list[torch.Tensor]
@@ -103,7 +104,7 @@ def ep_gradients(
         free = [s.clone() for s in state]
         if batched:
             plus, minus, nudge_steps = _batched_nudge(phase, x, y, free, beta, t_nudge)
-            other, total = Phase(minus, -beta), free_steps + nudge_steps
+            other, total = Phase(minus, -beta), free_steps + 2 * nudge_steps
         else:
             plus = [s.clone() for s in free]
             nudge_steps = phase(x, plus, beta, t_nudge, y)
