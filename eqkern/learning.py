@@ -75,7 +75,8 @@ def ep_gradients(
     checked every ``check_every`` steps; ``t_free`` and ``t_nudge`` are then caps.
     ``batched_nudge`` (symmetric only; the other estimators have one nudged phase): run the
     ``+β`` and ``−β`` phases as one batch of ``2·batch`` with a per-sample β, one set of backend
-    calls for both (backends of ``eqkern.backends.BATCHED_NUDGE_BACKENDS``).
+    calls for both (backends of ``eqkern.backends.BATCHED_NUDGE_BACKENDS``); with ``tol`` the
+    pair stops when neither half moves by ``tol`` any more.
 
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.

@@ -141,5 +141,7 @@ def get_backend(
             if name or os.environ.get("EQKERN_BACKEND"):
                 raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
                                  f"use one of {backends}")
+            logger.debug("eqkern: the default backend %r does not implement %s: using 'torch'",
+                         chosen, what)
             chosen = "torch"
     return BACKENDS[chosen]
