@@ -50,7 +50,8 @@ def train(name: str, args, data, log) -> tuple:
     torch.manual_seed(0)
     model = build_model(p, data.input_shape, data.num_classes)
     model.kappa = make_kappa_schedule(p)(0)
-    cache = Path(args.cache) / f"{name}-w{args.width:g}-b{args.batch}-it{args.iters}.pt"
+    stop = "" if args.train_tol is None else f"-tol{args.train_tol:g}"
+    cache = Path(args.cache) / f"{name}-w{args.width:g}-b{args.batch}-it{args.iters}{stop}.pt"
     if cache.exists():
         model.load_state_dict(torch.load(cache))
         log(f"{name}: loaded the trained model from {cache}")
@@ -58,7 +59,7 @@ def train(name: str, args, data, log) -> tuple:
     opt = make_optimizer(model, p)
     gen = torch.Generator().manual_seed(0)
     backend = args.train_backend if model.augment is None else "torch"
-    correct = seen = 0
+    correct = seen = steps = 0
     t0 = time.perf_counter()
     for it in range(args.iters):
         pick = torch.randint(0, len(data.y_train), (args.batch,), generator=gen)
@@ -67,16 +68,19 @@ def train(name: str, args, data, log) -> tuple:
             xb = crop_flip(xb, gen, padding=p.crop_padding)
         opt.zero_grad(set_to_none=True)
         res = ep_gradients(model, xb, yb, beta=p.beta, t_free=p.t_free, t_nudge=p.t_nudge,
-                           estimator=p.estimator, backend=backend)
+                           estimator=p.estimator, backend=backend, tol=args.train_tol,
+                           check_every=args.check_every)
+        steps += res.settle_steps
         opt.step()
         if it >= args.iters - 50:
             correct += (res.predictions == yb).sum().item()
             seen += len(yb)
         if (it + 1) % 25 == 0:
-            log(f"{name}: iteration {it + 1}/{args.iters}, loss {res.loss:.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+            log(f"{name}: iteration {it + 1}/{args.iters}, loss {res.loss:.3f}, "
+                f"{res.settle_steps} steps ({time.perf_counter() - t0:.0f} s)")
     test = free_phase(model, data.x_test[:256], p.t_free, backend=backend)
     info = {"iters": args.iters, "train_backend": backend, "seconds": time.perf_counter() - t0,
+            "train_tol": args.train_tol, "steps_per_iter": steps / args.iters,
             "train_acc_last50": 100.0 * correct / max(seen, 1),
             "test_acc_256": 100.0 * (model.predict(test) == data.y_test[:256]).float().mean().item()}
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -117,8 +121,12 @@ def study(name: str, args, data, log) -> list[str]:
     x, y = data.x_test[-args.batch:], data.y_test[-args.batch:]  # held out of the 256 above
     out = [f"## {name}: preset `{p.name}`, width {args.width:g}, batch {args.batch}",
            "",
-           f"Trained by EP for {info['iters']} iterations (backend {info['train_backend']}, "
-           f"T={p.t_free}, K={p.t_nudge}, β={p.beta:g}, {info['seconds']:.0f} s): train accuracy "
+           f"Trained by EP for {info['iters']} iterations of batch {args.batch} (backend "
+           f"{info['train_backend']}, T={p.t_free}, K={p.t_nudge}, β={p.beta:g}"
+           + ("" if info.get("train_tol") is None else
+              f", convergence stop tol={info['train_tol']:g} every {args.check_every} steps: "
+              f"{info['steps_per_iter']:.0f} steps per iteration on average")
+           + f", {info['seconds']:.0f} s): train accuracy "
            f"over the last 50 iterations {info['train_acc_last50']:.1f} %, test accuracy on 256 "
            f"test images {info['test_acc_256']:.1f} %.", ""]
 
@@ -135,16 +143,18 @@ def study(name: str, args, data, log) -> list[str]:
     log(f"{name}: GDU")
     rows = {}
     # The goal: the GDU of the synchronous schedule in at most a quarter of its steps.
-    # BPTT unrolls the last K of the T free steps, so T is at least K.
+    # T free steps, then K = min(K, T) nudged steps for EP and as many unrolled by BPTT (which
+    # unrolls the last K of the T free steps, so K ≤ T): a schedule run at its own length.
     quarter = math.ceil(steps["synchronous"] / 4)
-    runs = [(s, max(t, args.t_nudge)) for s, t in (
+    runs = [(s, t, min(args.t_nudge, t)) for s, t in (
         ("synchronous", args.t_free), ("synchronous", steps["synchronous"]),
         ("alternating", steps["alternating"]), ("alternating", quarter))]
-    for sch, t in runs:
-        rows[(sch, t)] = gdu_row(model, x, y, p, t, args.t_nudge, sch)
-    head = "| parameter | " + " | ".join(f"{s} T={t}" for s, t in runs) + " |"
-    out += [f"### GDU: cosine EP vs BPTT per parameter (K={args.t_nudge}, β={p.beta:g}, "
-            f"{p.estimator}; BPTT unrolls the same schedule)", "", head,
+    for run in runs:
+        rows[run] = gdu_row(model, x, y, p, run[1], run[2], run[0])
+    head = "| parameter | " + " | ".join(f"{s} T={t} K={k}" for s, t, k in runs) + " |"
+    out += [f"### GDU: cosine EP vs BPTT per parameter (β={p.beta:g}, {p.estimator}; BPTT "
+            f"unrolls the same schedule; the last column: a quarter of the synchronous steps)",
+            "", head,
             "|" + " --- |" * (len(runs) + 1)]
     for k, r in enumerate(rows[runs[0]]):
         out.append(f"| {r['name']} | " + " | ".join(f"{rows[run][k]['cosine']:.4f}" for run in runs)
@@ -194,6 +204,8 @@ def main(argv=None) -> None:
     ap.add_argument("--check-every", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-backend", default="cpp", help="for the nets the cpp backend runs")
+    ap.add_argument("--train-tol", type=float, default=None,
+                    help="convergence stop while training (T, K stay the caps)")
     ap.add_argument("--cache", default="/tmp/eqkern_steps_study")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
