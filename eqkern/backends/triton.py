@@ -12,7 +12,8 @@ updated in place in the order 1…N: layer ``l``'s forward conv (giving ``u_{l+1
 before the launch that overwrites ``s_l``, and ``s_{l+1}`` is still the old one when ``d_l`` is read,
 which equals the synchronous update; ``schedule="alternating"`` runs the same launches in
 :func:`.analytic.alternating_inputs`'s order (even layers, then odd ones). A fully connected
-connection runs through the same kernels as a 1×1 convolution on a 1×1 map (its input flattened to ``(B, F, 1, 1)``).
+connection runs through the same kernels as a 1×1 convolution on a 1×1 map (its input flattened
+to ``(B, F, 1, 1)``).
 
 Dtypes: fp32, fp16 and bf16 storage with fp32 arithmetic inside the kernels; fp64 storage runs the
 same kernels with fp64 loads, dots and epilogue (the interpreter and the GPU both support fp64
