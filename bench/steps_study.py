@@ -148,12 +148,14 @@ def study(name: str, args, data, log) -> list[str]:
     quarter = math.ceil(steps["synchronous"] / 4)
     runs = [(s, t, min(args.t_nudge, t)) for s, t in (
         ("synchronous", args.t_free), ("synchronous", steps["synchronous"]),
-        ("alternating", steps["alternating"]), ("alternating", quarter))]
+        ("alternating", steps["synchronous"]), ("alternating", steps["alternating"]),
+        ("alternating", quarter))]
     for run in runs:
         rows[run] = gdu_row(model, x, y, p, run[1], run[2], run[0])
     head = "| parameter | " + " | ".join(f"{s} T={t} K={k}" for s, t, k in runs) + " |"
     out += [f"### GDU: cosine EP vs BPTT per parameter (β={p.beta:g}, {p.estimator}; BPTT "
-            f"unrolls the same schedule; the last column: a quarter of the synchronous steps)",
+            f"unrolls the same schedule; columns: T={args.t_free}, the steps each schedule needs "
+            f"to reach tol, and a quarter of the synchronous steps)",
             "", head,
             "|" + " --- |" * (len(runs) + 1)]
     for k, r in enumerate(rows[runs[0]]):
