@@ -58,19 +58,44 @@ def labels_of(y: torch.Tensor | Targets) -> torch.Tensor:
     return y.labels if isinstance(y, Targets) else y
 
 
+def repeat_targets(y: torch.Tensor | Targets, times: int) -> torch.Tensor | Targets:
+    """``y`` for a batch that holds ``times`` copies of the samples (class ids and, for KD, the
+    teacher features repeated along the batch dimension)."""
+    if isinstance(y, Targets):
+        feats = None if y.features is None else [torch.cat([f] * times) for f in y.features]
+        return Targets(torch.cat([y.labels] * times), feats)
+    return torch.cat([y] * times)
+
+
+def per_sample(beta: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """``beta`` ready to multiply ``like: (batch, ...)``: a float as it is, a per-sample
+    ``(batch,)`` tensor viewed as ``(batch, 1, ..., 1)``."""
+    if isinstance(beta, torch.Tensor):
+        return beta.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    return beta
+
+
 def _log_softmax_flat(u: torch.Tensor, tau: float) -> torch.Tensor:
     return F.log_softmax(u.flatten(1) / tau, dim=1)
 
 
-def aux_loss(aug: Augmentation, module, j: int, s: torch.Tensor, y) -> torch.Tensor:
-    """``L_aug`` of augmented layer number ``j`` (state ``s``), summed over the batch."""
+def aux_loss(
+    aug: Augmentation, module, j: int, s: torch.Tensor, y, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``L_aug`` of augmented layer number ``j`` (state ``s``), summed over the batch
+    (``Σ_b w_b L_b`` with ``weight: (batch,)``)."""
     tau = aug.tau
     if isinstance(aug, LocalError):
-        return F.cross_entropy(module(s.flatten(1)) / tau, labels_of(y).long(), reduction="sum")
+        if weight is None:
+            return F.cross_entropy(module(s.flatten(1)) / tau, labels_of(y).long(), reduction="sum")
+        per = F.cross_entropy(module(s.flatten(1)) / tau, labels_of(y).long(), reduction="none")
+        return (per * weight).sum()
     r = module(s) if module is not None else s
     log_p = _log_softmax_flat(r, tau)
     log_t = _log_softmax_flat(y.features[j], tau)
-    return tau * tau * (log_t.exp() * (log_t - log_p)).sum()
+    if weight is None:
+        return tau * tau * (log_t.exp() * (log_t - log_p)).sum()
+    return tau * tau * ((log_t.exp() * (log_t - log_p)).sum(1) * weight).sum()
 
 
 def aux_error(aug: Augmentation, module, j: int, s: torch.Tensor, y) -> torch.Tensor:

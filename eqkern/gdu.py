@@ -36,20 +36,22 @@ def check_gdu(
     t_nudge: int,
     estimator: Estimator = "symmetric",
     backend: str | None = None,
+    schedule: str = "synchronous",
 ) -> list[dict]:
     """Compare EP's gradient estimate with BPTT's gradient, one row per parameter tensor.
 
     BPTT backpropagates through the last ``t_nudge`` of ``t_free`` free steps. Each row has
     ``name``, ``cosine`` (similarity of the two), ``rel_error`` (``‖g_EP − g_BPTT‖ / ‖g_BPTT‖``)
-    and both norms. The model's own ``.grad`` are left untouched.
+    and both norms. The model's own ``.grad`` are left untouched. ``schedule``: of EP's phases
+    and of the steps BPTT unrolls alike (``"synchronous"`` or ``"alternating"``).
     """
     work = copy.deepcopy(model)
     work.zero_grad(set_to_none=True)
     ep_gradients(work, x, y, beta=beta, t_free=t_free, t_nudge=t_nudge,
-                 estimator=estimator, backend=backend)
+                 estimator=estimator, backend=backend, schedule=schedule)
     ep = _grads(work)
     work.zero_grad(set_to_none=True)
-    bptt_gradients(work, x, y, t_free=t_free, truncate=t_nudge)
+    bptt_gradients(work, x, y, t_free=t_free, truncate=t_nudge, schedule=schedule)
     bp = _grads(work)
     rows = []
     for name, g_ep, g_bp in zip(_param_names(model), ep, bp):

@@ -8,8 +8,10 @@ from typing import Literal
 import torch
 
 from .asymmetric import feedback_update, resolve_rule
+from .augment import repeat_targets
 from .backends import get_backend
 from .backends.common import Phase
+from .convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
 from .model import CRNN
 from .settle import check_phase_args
 
@@ -28,13 +30,20 @@ class EPResult:
 
     free_state: the free-phase equilibrium, one ``(batch, *shape)`` tensor per layer;
     predictions: ``(batch,)`` classes predicted at it; loss: mean loss at it;
-    beta: the nudging strength used (its sign is random for ``random_sign``).
+    beta: the nudging strength used (its sign is random for ``random_sign``);
+    free_steps / nudge_steps: the steps the free phase and the nudged phase(s) ran (the caps
+    ``t_free`` / ``t_nudge`` without a ``tol``; for two sequential nudged phases, the larger);
+    settle_steps: every step run, all phases summed (a batched ±β pair counts as two phases, as
+    when they run one after the other).
     """
 
     free_state: list[torch.Tensor]
     predictions: torch.Tensor
     loss: float
     beta: float
+    free_steps: int = 0
+    nudge_steps: int = 0
+    settle_steps: int = 0
 
 
 def ep_gradients(
@@ -50,6 +59,10 @@ def ep_gradients(
     generator: torch.Generator | None = None,
     rule: str | None = None,
     leakage: float = 0.0,
+    schedule: str = "synchronous",
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+    batched_nudge: bool = False,
 ) -> EPResult:
     """Estimate the loss gradient by EP and **add** it to every parameter's ``.grad``.
 
@@ -59,6 +72,14 @@ def ep_gradients(
     * symmetric:   ``g = −[∂Φ_β/∂θ(s^β) − ∂Φ_{−β}/∂θ(s^{−β})] / (2β)``
     * one_sided:   ``g = −[∂Φ_β/∂θ(s^β) − ∂Φ/∂θ(s*)] / β``
     * random_sign: one-sided with ``β ← ±β`` drawn from ``generator``.
+
+    ``schedule``: ``"synchronous"`` or ``"alternating"`` (:func:`eqkern.settle`), every phase.
+    ``tol``: stop each phase (free and nudged) once a step changes no state by ``tol`` or more,
+    checked every ``check_every`` steps; ``t_free`` and ``t_nudge`` are then caps.
+    ``batched_nudge`` (symmetric only; the other estimators have one nudged phase): run the
+    ``+β`` and ``−β`` phases as one batch of ``2·batch`` with a per-sample β, one set of backend
+    calls for both (backends of ``eqkern.backends.BATCHED_NUDGE_BACKENDS``); with ``tol`` the
+    pair stops when neither half moves by ``tol`` any more.
 
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
@@ -76,22 +97,36 @@ def ep_gradients(
         raise ValueError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
     check_phase_args(model, x, beta, max(t_free, t_nudge), y)
     rule = resolve_rule(model, rule, leakage)
-    be = get_backend(backend, x.device, model)
+    check_stop_args(tol, check_every)
+    batched = batched_nudge and estimator == "symmetric"
+    be = get_backend(backend, x.device, model, schedule=schedule, batched_nudge=batched)
     batch = x.shape[0]
     if estimator == "random_sign":
         sign = torch.randint(0, 2, (), generator=generator).item() * 2 - 1
         beta = beta * sign
 
+    def phase(inputs, state, b, steps, targets) -> int:
+        return run_phase(be, model, inputs, state, b, steps, targets, schedule=schedule, tol=tol,
+                         check_every=check_every)
+
     with torch.no_grad():
         state = model.init_state(batch, like=x)
-        be.settle(model, x, state, 0.0, t_free, None)
+        free_steps = phase(x, state, 0.0, t_free, None)
         free = [s.clone() for s in state]
-        plus = be.settle(model, x, [s.clone() for s in free], beta, t_nudge, y)
-        if estimator == "symmetric":
-            minus = be.settle(model, x, [s.clone() for s in free], -beta, t_nudge, y)
-            other = Phase(minus, -beta)
+        if batched:
+            plus, minus, nudge_steps = _batched_nudge(phase, x, y, free, beta, t_nudge)
+            other, total = Phase(minus, -beta), free_steps + 2 * nudge_steps
         else:
-            other = Phase(free, 0.0)
+            plus = [s.clone() for s in free]
+            nudge_steps = phase(x, plus, beta, t_nudge, y)
+            total = free_steps + nudge_steps
+            if estimator == "symmetric":
+                minus = [s.clone() for s in free]
+                minus_steps = phase(x, minus, -beta, t_nudge, y)
+                other, total = Phase(minus, -beta), total + minus_steps
+                nudge_steps = max(nudge_steps, minus_steps)
+            else:
+                other = Phase(free, 0.0)
         if model.separate_feedback:
             feedback_update(model, x, y, Phase(plus, beta), other, free, rule=rule,
                             leakage=float(leakage), hebbian=be.hebbian_update)
@@ -99,14 +134,37 @@ def ep_gradients(
             be.hebbian_update(model, x, y, Phase(plus, beta), other)
         loss = scalar(model.loss(free[-1], y)) / batch
         predictions = model.predict(free)
-    return EPResult(free, predictions, loss, beta)
+    return EPResult(free, predictions, loss, beta, free_steps, nudge_steps, total)
+
+
+def _batched_nudge(phase, x, y, free, beta: float, t_nudge: int):
+    """The ``+β`` and ``−β`` phases from ``free`` as one batch ``[+β samples, −β samples]``;
+    returns ``(plus, minus, steps)`` with the states split back into the two phases."""
+    batch = x.shape[0]
+    state = [torch.cat([s, s]) for s in free]
+    betas = torch.cat([x.new_full((batch,), beta), x.new_full((batch,), -beta)])
+    steps = phase(torch.cat([x, x]), state, betas, t_nudge, repeat_targets(y, 2))
+    return [s[:batch] for s in state], [s[batch:] for s in state], steps
 
 
 @torch.no_grad()
 def free_phase(
-    model: CRNN, x: torch.Tensor, t_free: int, *, backend: str | None = None
-) -> list[torch.Tensor]:
-    """The free-phase state after ``t_free`` steps from the initial state (inference)."""
+    model: CRNN,
+    x: torch.Tensor,
+    t_free: int,
+    *,
+    backend: str | None = None,
+    schedule: str = "synchronous",
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+    return_steps: bool = False,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
+    """The free-phase state after ``t_free`` steps from the initial state (inference); with
+    ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run."""
     check_phase_args(model, x, 0.0, t_free, None)
+    check_stop_args(tol, check_every)
     state = model.init_state(x.shape[0], like=x)
-    return get_backend(backend, x.device, model).settle(model, x, state, 0.0, t_free, None)
+    be = get_backend(backend, x.device, model, schedule=schedule)
+    used = run_phase(be, model, x, state, 0.0, t_free, None, schedule=schedule, tol=tol,
+                     check_every=check_every)
+    return (state, used) if return_steps else state

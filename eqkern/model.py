@@ -27,7 +27,7 @@ from torch import nn
 
 from .activations import check_activation
 from .augment import (Augmentation, Distill, aux_error, aux_loss, aux_readout_transpose, labels_of,
-                      make_aux_modules, reset_aux_module)
+                      make_aux_modules, per_sample, reset_aux_module)
 
 Readout = Literal["ce", "mse"]
 Feedback = Literal["symmetric", "separate"]
@@ -328,22 +328,30 @@ class CRNN(nn.Module):
             return s_last
         return self.out(s_last.flatten(1))
 
-    def loss(self, s_last: torch.Tensor, y) -> torch.Tensor:
-        """Per-sample loss summed over the batch: CE of the read-out, or ½‖s_N − onehot(y)‖²."""
+    def loss(self, s_last: torch.Tensor, y, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss summed over the batch: CE of the read-out, or ½‖s_N − onehot(y)‖².
+
+        ``weight: (batch,)``: a weighted sum ``Σ_b w_b L_b`` instead (per-sample β)."""
         y = labels_of(y)
         if self.out is not None:
-            return F.cross_entropy(self.logits(s_last), y.long(), reduction="sum")
+            if weight is None:
+                return F.cross_entropy(self.logits(s_last), y.long(), reduction="sum")
+            return (F.cross_entropy(self.logits(s_last), y.long(), reduction="none") * weight).sum()
         onehot = F.one_hot(y.long(), self.num_classes).to(s_last.dtype)
-        return 0.5 * (s_last - onehot).pow(2).sum()
+        if weight is None:
+            return 0.5 * (s_last - onehot).pow(2).sum()
+        return 0.5 * ((s_last - onehot).pow(2).flatten(1).sum(1) * weight).sum()
 
-    def output_nudge(self, s_last: torch.Tensor, y, beta: float) -> torch.Tensor:
-        """``−β ∂L/∂s_N``: ``β W_outᵀ(onehot(y) − ŷ)`` (CE) or ``−β (s_N − onehot(y))`` (MSE)."""
+    def output_nudge(self, s_last: torch.Tensor, y, beta: float | torch.Tensor) -> torch.Tensor:
+        """``−β ∂L/∂s_N``: ``β W_outᵀ(onehot(y) − ŷ)`` (CE) or ``−β (s_N − onehot(y))`` (MSE).
+
+        ``beta``: a float or a per-sample ``(batch,)`` tensor."""
         y = labels_of(y)
         onehot = F.one_hot(y.long(), self.num_classes).to(s_last.dtype)
         if self.out is not None:
             err = onehot - torch.softmax(self.logits(s_last), dim=1)
-            return (beta * (err @ self.out.weight)).view_as(s_last)
-        return beta * (onehot - s_last)
+            return (per_sample(beta, err) * (err @ self.out.weight)).view_as(s_last)
+        return per_sample(beta, s_last) * (onehot - s_last)
 
     # -- augmentation (LE / KD / KDW) ------------------------------------------------------
 
@@ -351,25 +359,30 @@ class CRNN(nn.Module):
         """The learned map of augmented layer number ``j`` (``B_j`` or ``M_j``), if any."""
         return self.aux[j] if len(self.aux) else None
 
-    def augmented_loss(self, state: Sequence[torch.Tensor], y) -> torch.Tensor:
-        """``κ Σ_{i∈Υ} L_aug,i(s_i)`` summed over the batch (0 without augmentation)."""
+    def augmented_loss(
+        self, state: Sequence[torch.Tensor], y, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``κ Σ_{i∈Υ} L_aug,i(s_i)`` summed over the batch (0 without augmentation); with
+        ``weight: (batch,)`` each sample's term is weighted (per-sample β)."""
         if self.augment is None:
             return state[-1].new_zeros(())
-        return self.kappa * sum(aux_loss(self.augment, self.aux_module(j), j, state[i], y)
+        return self.kappa * sum(aux_loss(self.augment, self.aux_module(j), j, state[i], y, weight)
                                 for j, i in enumerate(self.augment.layers))
 
     def total_loss(self, state: Sequence[torch.Tensor], y) -> torch.Tensor:
         """``L_EP + κ Σ L_aug``: what EP's estimate (Lin eq. 12) and BPTT descend."""
         return self.loss(state[-1], y) + self.augmented_loss(state, y)
 
-    def layer_nudge(self, i: int, s: torch.Tensor, y, beta: float) -> torch.Tensor | None:
-        """All nudge terms of state layer ``i`` (``−β ∂L_EP/∂s_i − βκ ∂L_aug/∂s_i``), or None."""
+    def layer_nudge(self, i: int, s: torch.Tensor, y, beta: float | torch.Tensor) -> torch.Tensor | None:
+        """All nudge terms of state layer ``i`` (``−β ∂L_EP/∂s_i − βκ ∂L_aug/∂s_i``), or None.
+
+        ``beta``: a float or a per-sample ``(batch,)`` tensor."""
         nudge = self.output_nudge(s, y, beta) if i == self.num_layers - 1 else None
         if self.augment is not None and i in self.augment.layers:
             j = self.augment.layers.index(i)
             mod = self.aux_module(j)
             err = aux_error(self.augment, mod, j, s, y)
-            aux = aux_readout_transpose(self.augment, mod, err, s) * (-beta * self.kappa)
+            aux = aux_readout_transpose(self.augment, mod, err, s) * (-per_sample(beta, s) * self.kappa)
             nudge = aux if nudge is None else nudge + aux
         return nudge
 

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
+from .convergence import check_stop_args
 from .model import Conv, Linear, LayerSpec
 
 __all__ = ["Preset", "PRESETS", "get_preset", "list_presets", "parse_overrides", "format_presets",
@@ -50,6 +51,10 @@ class Preset:
     feedback: str = "symmetric"                  # symmetric | separate (B_l, Laborieux §2.4)
     feedback_rule: str | None = None             # separate: kp-vf (None) | vf | ep (B_l fixed)
     leakage: float = 0.0                         # KP-VF λ on W_l, B_l (weight_decay acts too)
+    schedule: str = "synchronous"                # synchronous | alternating (even, then odd layers)
+    tol: float | None = None                     # convergence stop of every phase (None: fixed T, K)
+    check_every: int = 10                        # steps between two convergence checks
+    batched_nudge: bool = False                  # the ±β phases as one batch of 2B
     lr: tuple[float, ...] = (0.03,)              # one per weight layer (read-out included), or one for all
     optimizer: str = "sgd"                       # sgd | adam (or pass any torch.optim class to train_vgg)
     momentum: float = 0.9
@@ -289,6 +294,7 @@ def get_preset(name: str | Preset, **overrides: Any) -> Preset:
 def _validate(p: Preset) -> None:
     choices = {"readout": ("ce", "mse"), "estimator": ("symmetric", "one_sided", "random_sign"),
                "feedback": ("symmetric", "separate"), "feedback_rule": (None, "ep", "vf", "kp-vf"),
+               "schedule": ("synchronous", "alternating"),
                "state_init": ("zeros", "uniform"), "augment": ("none", "le", "kd", "kdw"),
                "data_augmentation": ("crop_flip", "none"),
                "kappa_schedule": ("constant", "linear", "exponential", "cosine", "step")}
@@ -302,6 +308,7 @@ def _validate(p: Preset) -> None:
         raise ValueError(f"feedback_rule={p.feedback_rule!r} needs feedback='separate'")
     if not p.leakage >= 0.0:
         raise ValueError(f"leakage must be >= 0, got {p.leakage}")
+    check_stop_args(p.tol, p.check_every)
     if p.augment != "none" and not p.augment_layers:
         raise ValueError(f"augment={p.augment!r} needs augment_layers")
     if any(not 0 <= i < len(p.arch) for i in p.augment_layers):

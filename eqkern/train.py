@@ -60,12 +60,15 @@ def param_groups(model: CRNN, lr: float | Sequence[float]) -> list[dict]:
 @torch.no_grad()
 def evaluate(
     model: CRNN, x: torch.Tensor, y: torch.Tensor, *, t_free: int, batch_size: int = 500,
-    backend: str | None = None,
+    backend: str | None = None, schedule: str = "synchronous", tol: float | None = None,
+    check_every: int = 10,
 ) -> tuple[float, float]:
-    """(accuracy in %, mean loss) of the free-phase equilibrium on ``x: (N, ...)``, ``y: (N,)``."""
+    """(accuracy in %, mean loss) of the free-phase equilibrium on ``x: (N, ...)``, ``y: (N,)``
+    (``schedule``, ``tol``, ``check_every``: as in :func:`eqkern.free_phase`)."""
     correct, loss = 0, 0.0
     for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
-        state = free_phase(model, xb, t_free, backend=backend)
+        state = free_phase(model, xb, t_free, backend=backend, schedule=schedule, tol=tol,
+                           check_every=check_every)
         correct += (model.predict(state) == yb).sum().item()
         loss += model.loss(state[-1], yb).item()
     return 100.0 * correct / len(y), loss / len(y)

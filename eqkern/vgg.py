@@ -253,7 +253,8 @@ def train_vgg(
             t0 = time.perf_counter()
             record["test_acc"], record["test_loss"] = evaluate(
                 model, data.x_test, data.y_test, t_free=cfg.t_free,
-                batch_size=cfg.eval_batch_size, backend=cfg.backend)
+                batch_size=cfg.eval_batch_size, backend=cfg.backend, schedule=cfg.schedule,
+                tol=cfg.tol, check_every=cfg.check_every)
             record["eval_seconds"] = time.perf_counter() - t0
             record["seconds"] = record["train_seconds"] + record["eval_seconds"]
             check_finite(model, f"epoch {epoch + 1}")
@@ -307,10 +308,9 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
                  position, out, sched, kappa, history) -> dict:
     model.train()
     n_batches = math.ceil(len(data.y_train) / cfg.batch_size)
-    phases = cfg.t_free + cfg.t_nudge * (2 if cfg.estimator == "symmetric" else 1)
     n_conn = len(model.connections) + (1 if model.out is not None else 0)
     weights = [m.weight for m in list(model.connections) + ([model.out] if model.out is not None else [])]
-    acc = {"correct": 0, "loss_sum": 0.0, "seen": 0, "batches": 0, "seconds": 0.0,
+    acc = {"correct": 0, "loss_sum": 0.0, "seen": 0, "batches": 0, "seconds": 0.0, "steps": 0,
            "state_abs": [0.0] * model.num_layers, "update_abs": [0.0] * n_conn}
     batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, shuffle=True, generator=gen)
     first = 0
@@ -333,7 +333,9 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         opt.zero_grad(set_to_none=True)
         res = ep_gradients(model, xb, targets, beta=cfg.beta, t_free=cfg.t_free,
                            t_nudge=cfg.t_nudge, estimator=cfg.estimator, backend=cfg.backend,
-                           generator=gen, rule=cfg.feedback_rule, leakage=cfg.leakage)
+                           generator=gen, rule=cfg.feedback_rule, leakage=cfg.leakage,
+                           schedule=cfg.schedule, tol=cfg.tol, check_every=cfg.check_every,
+                           batched_nudge=cfg.batched_nudge)
         where = f"epoch {epoch + 1}, batch {b + 1}"
         s_abs = torch.stack([s.abs().mean() for s in res.free_state])
         u_abs = torch.stack([w.grad.abs().mean() if w.grad is not None else w.new_zeros(())
@@ -347,6 +349,7 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         acc["loss_sum"] += res.loss * len(yb)
         acc["seen"] += len(yb)
         acc["batches"] += 1
+        acc["steps"] = acc.get("steps", 0) + res.settle_steps  # (checkpoints from before: no key)
         bar.set_postfix(acc=f"{100.0 * acc['correct'] / acc['seen']:.1f}%",
                         loss=f"{acc['loss_sum'] / acc['seen']:.3f}")
         if on_batch is not None:
@@ -369,7 +372,8 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         "lr": [g["lr"] for g in opt.param_groups],
         "train_acc": 100.0 * acc["correct"] / seen, "train_loss": acc["loss_sum"] / seen,
         "train_seconds": acc["seconds"] + time.perf_counter() - t0,
-        "settle_steps": n_batches * phases, "settle_steps_per_batch": phases,
+        # The steps really run (with a convergence stop, fewer than the caps t_free, t_nudge).
+        "settle_steps": acc.get("steps", 0), "settle_steps_per_batch": acc.get("steps", 0) / nb,
         "state_abs": [(a + v) / nb for a, v in zip(acc["state_abs"], state_sum.tolist())],
         "update_abs": [(a + v) / nb for a, v in zip(acc["update_abs"], update_sum.tolist())],
         # separate feedback: angle (°) between W_l and B_l, l ≥ 1, at the end of the epoch (Laborieux Fig. 7)

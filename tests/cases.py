@@ -48,30 +48,31 @@ STATE_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 T_FREE, T_NUDGE, BETA = 20, 8, 0.5
 
 
-def run_phases(model, x, y, backend):
+def run_phases(model, x, y, backend, schedule="synchronous"):
     """Free phase then a +β phase from the same initial state; returns the nudged state."""
     torch.manual_seed(7)  # same U(0,1) initial state for every backend
     state = model.init_state(x.shape[0], like=x)
-    settle(model, x, state, 0.0, T_FREE, backend=backend)
+    settle(model, x, state, 0.0, T_FREE, backend=backend, schedule=schedule)
     free = [s.clone() for s in state]
-    settle(model, x, state, BETA, T_NUDGE, y, backend=backend)
+    settle(model, x, state, BETA, T_NUDGE, y, backend=backend, schedule=schedule)
     return free, state
 
 
-def ep_grads(model, x, y, backend, estimator="symmetric"):
+def ep_grads(model, x, y, backend, estimator="symmetric", **options):
+    """EP gradients by name; ``options``: more ``ep_gradients`` arguments (schedule, ...)."""
     torch.manual_seed(7)
     model.zero_grad(set_to_none=True)
     ep_gradients(model, x, y, beta=BETA, t_free=T_FREE, t_nudge=T_NUDGE,
-                 estimator=estimator, backend=backend)
+                 estimator=estimator, backend=backend, **options)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def check_states_match(built, backend: str, label: str) -> None:
+def check_states_match(built, backend: str, label: str, schedule: str = "synchronous") -> None:
     """States after a free and a nudged phase: ``backend`` vs ``reference``, rel RMS per layer."""
     model, x, y = built
     dtype = x.dtype
-    ref = run_phases(model, x, y, "reference")
-    out = run_phases(model, x, y, backend)
+    ref = run_phases(model, x, y, "reference", schedule)
+    out = run_phases(model, x, y, backend, schedule)
     for phase, r_phase, o_phase in zip(("free", "nudged"), ref, out):
         for i, (r, o) in enumerate(zip(r_phase, o_phase)):
             err = rel_rms(r, o)

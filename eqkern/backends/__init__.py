@@ -1,7 +1,8 @@
 """Backend registry and selection (SPEC §4).
 
-A backend is a module with ``settle(model, x, state, beta, steps, y)`` and
-``hebbian_update(model, x, y, phase_a, phase_b)``. ``backend=`` arguments and the ``EQKERN_BACKEND``
+A backend is a module with ``settle(model, x, state, beta, steps, y, schedule="synchronous")`` and
+``hebbian_update(model, x, y, phase_a, phase_b)``; the backends of ``SCHEDULE_BACKENDS`` take
+``schedule="alternating"``, those of ``BATCHED_NUDGE_BACKENDS`` a per-sample ``(batch,)`` β. ``backend=`` arguments and the ``EQKERN_BACKEND``
 environment variable pick one by name; without either, the fastest available on the device is
 used and the choice is logged once.
 """
@@ -98,32 +99,58 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
 AUGMENT_BACKENDS = ("reference", "torch", "cpp", "triton")
 # Backends whose settle step uses separate feedback weights B_l (CRNN(feedback="separate")).
 ASYMMETRIC_BACKENDS = ("reference", "torch", "cpp", "triton")
+# Backends whose settle takes schedule="alternating" (even layers, then odd ones; SPEC §1).
+SCHEDULE_BACKENDS = ("reference", "torch", "cpp", "triton")
+# Backends whose nudge terms take a per-sample (batch,) β: the ±β phases as one batch of 2B.
+BATCHED_NUDGE_BACKENDS = ("reference", "torch", "cpp", "triton")
 
 
-def _requirements(model) -> list[tuple[str, tuple[str, ...]]]:
-    """``(feature, backends that implement it)`` for each feature of ``model`` that not all have."""
-    if model is None:
-        return []
+def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """``(feature, backends that implement it)`` for each feature asked for that not all have."""
     reqs = []
-    if model.augment is not None:
+    if model is not None and model.augment is not None:
         reqs.append(("the LE/KD nudge terms", AUGMENT_BACKENDS))
-    if model.separate_feedback:
+    if model is not None and model.separate_feedback:
         reqs.append(("separate feedback weights (feedback='separate')", ASYMMETRIC_BACKENDS))
+    if schedule != "synchronous":
+        reqs.append((f"schedule={schedule!r}", SCHEDULE_BACKENDS))
+    if batched_nudge:
+        reqs.append(("batched_nudge=True (a per-sample β in the nudge terms)", BATCHED_NUDGE_BACKENDS))
     return reqs
 
 
-def get_backend(name: str | None, device: torch.device, model=None) -> ModuleType:
+def backend_name(module: ModuleType) -> str:
+    """The registry name of a backend module."""
+    return next(name for name, mod in BACKENDS.items() if mod is module)
+
+
+def get_backend(
+    name: str | None,
+    device: torch.device,
+    model=None,
+    *,
+    schedule: str = "synchronous",
+    batched_nudge: bool = False,
+) -> ModuleType:
     """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
 
-    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only, a model with
-    separate feedback weights on those of ``ASYMMETRIC_BACKENDS``: asking for another one by name
-    is an error, the default falls back to ``torch``.
+    A model feature or option that not every backend has (LE/KD: ``AUGMENT_BACKENDS``, separate
+    feedback: ``ASYMMETRIC_BACKENDS``, the alternating ``schedule``: ``SCHEDULE_BACKENDS``, a
+    per-sample β (``batched_nudge``): ``BATCHED_NUDGE_BACKENDS``) runs on those backends only:
+    asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError, the default falls
+    back to ``torch``.
     """
+    from .common import SCHEDULES
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
     chosen = resolve_backend(name, device)
-    for feature, names in _requirements(model):
-        if chosen not in names:
+    for what, backends in _requirements(model, schedule, batched_nudge):
+        if chosen not in backends:
             if name or os.environ.get("EQKERN_BACKEND"):
-                raise ValueError(f"backend {chosen!r} does not implement {feature} yet; "
-                                 f"use one of {names}")
+                raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
+                                 f"use one of {backends}")
+            logger.debug("eqkern: the default backend %r does not implement %s: using 'torch'",
+                         chosen, what)
             chosen = "torch"
     return BACKENDS[chosen]

@@ -13,11 +13,16 @@ Layers are updated in place in the order 1…N, which equals the synchronous upd
 overwritten and ``s_{l+1}`` is still the old one when ``d_l`` is read. :func:`layer_drives` yields
 the terms lazily in exactly that order; :func:`step_` (in place) and :func:`step` (out of place,
 differentiable, for BPTT) consume it.
+
+The alternating schedule (``schedule="alternating"``, SPEC §1) updates the even layers (0, 2, …)
+from the current state, then the odd layers from the new even ones: :func:`alternating_inputs`
+yields the layers in that order and :func:`alternating_drives` adds their top-down and nudge terms.
+``beta`` is a float or a per-sample ``(batch,)`` tensor everywhere (the ±β phases as one batch).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, MutableSequence, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from ..activations import activate, activate_
 from ..augment import aux_error, aux_weight_grad, labels_of
 from ..model import CRNN, Conv
-from .common import Phase, accumulate_grads
+from .common import Phase, accumulate_grads, nudged, schedule_groups
 
 # epilogue(state, u, d, n, alpha, gamma, activation): state ← ρ(α·u + γ·d + n), in place
 Epilogue = Callable[
@@ -34,13 +39,15 @@ Epilogue = Callable[
 ]
 
 LayerTerms = tuple[int, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
+# drive(i, s_in) -> (u_i, pool indices of connection i or None): CRNN.drive or a backend's own
+Drive = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 def layer_drives(
     model: CRNN,
     input_drive: torch.Tensor,
     state: Sequence[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     y: torch.Tensor | None,
 ) -> Iterator[LayerTerms]:
     """Yield ``(i, u_i, d_i, n_i)`` for ``i = 0…N-1`` reading only pre-step values of ``state``.
@@ -58,9 +65,84 @@ def layer_drives(
             u_next, idx = model.drive(i + 1, s)
             idx = model.feedback_indices(i + 1, s, idx)
             d = model.feedback(i + 1, state[i + 1], idx, s.shape)
-        nudge = model.layer_nudge(i, s, y, beta) if beta != 0.0 else None
+        nudge = model.layer_nudge(i, s, y, beta) if nudged(beta) else None
         yield i, u, d, nudge
         u = u_next
+
+
+def _pooled(model: CRNN, i: int) -> bool:
+    spec = model.specs[i]
+    return isinstance(spec, Conv) and spec.pool
+
+
+def alternating_inputs(
+    model: CRNN,
+    drive: Drive,
+    input_drive: torch.Tensor,
+    state: MutableSequence[torch.Tensor],
+    indices: dict[int, torch.Tensor | None],
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(i, u_i, idx_i)`` for the even layers, then the odd layers, of one alternating step.
+
+    ``u_i``: the bottom-up drive of layer ``i`` from the current ``state[i-1]`` (``input_drive``
+    for layer 0); ``idx_i``: the pool indices of connection ``i+1`` at the current ``state[i]``,
+    through which the top-down term of layer ``i`` is unpooled (None at the top or without a pool).
+    The consumer writes layer ``i``'s new value into ``state[i]`` (in place, or by replacing the
+    list entry) before asking for the next item, so the odd layers read the new even ones.
+
+    ``indices`` keeps the pool indices that a drive yields as a by-product for the layer that
+    needs them next (``indices[i]`` belongs to ``state[i]`` as it is now, and is used up when
+    layer ``i`` is updated). Passing one dict to all the steps of a phase, with nothing else
+    writing the state in between, leaves a forward conv per even layer only in the first step.
+    """
+    n_layers = len(state)
+    for i in [*range(0, n_layers, 2), *range(1, n_layers, 2)]:
+        if i == 0:
+            u = input_drive
+        else:
+            u, indices[i - 1] = drive(i, state[i - 1])
+        idx = None
+        if i + 1 < n_layers and _pooled(model, i + 1):
+            idx = indices.pop(i) if i in indices else drive(i + 1, state[i])[1]
+        indices.pop(i, None)  # state[i] is about to change
+        yield i, u, idx
+
+
+def alternating_drives(
+    model: CRNN,
+    input_drive: torch.Tensor,
+    state: MutableSequence[torch.Tensor],
+    beta: float | torch.Tensor,
+    y: torch.Tensor | None,
+    indices: dict[int, torch.Tensor | None] | None = None,
+) -> Iterator[LayerTerms]:
+    """Yield ``(i, u_i, d_i, n_i)`` in the alternating order (:func:`alternating_inputs`, whose
+    contract the consumer keeps): even layers from the current state, odd ones from the new even."""
+    n_layers = len(state)
+    for i, u, idx in alternating_inputs(model, model.drive, input_drive, state,
+                                        {} if indices is None else indices):
+        s, d = state[i], None
+        if i + 1 < n_layers:
+            idx = model.feedback_indices(i + 1, s, idx)
+            d = model.feedback(i + 1, state[i + 1], idx, s.shape)
+        nudge = model.layer_nudge(i, s, y, beta) if nudged(beta) else None
+        yield i, u, d, nudge
+
+
+def schedule_drives(
+    model: CRNN,
+    input_drive: torch.Tensor,
+    state: MutableSequence[torch.Tensor],
+    beta: float | torch.Tensor,
+    y: torch.Tensor | None,
+    schedule: str = "synchronous",
+    indices: dict[int, torch.Tensor | None] | None = None,
+) -> Iterator[LayerTerms]:
+    """The terms of one step of ``schedule`` (:func:`layer_drives` or :func:`alternating_drives`)."""
+    schedule_groups(len(state), schedule)  # rejects an unknown schedule
+    if schedule == "synchronous":
+        return layer_drives(model, input_drive, state, beta, y)
+    return alternating_drives(model, input_drive, state, beta, y, indices)
 
 
 def combine(
@@ -98,12 +180,14 @@ def step_(
     model: CRNN,
     input_drive: torch.Tensor,
     state: list[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     y: torch.Tensor | None,
     epilogue: Epilogue = torch_epilogue_,
+    schedule: str = "synchronous",
+    indices: dict[int, torch.Tensor | None] | None = None,
 ) -> None:
-    """One synchronous step, in place on ``state``."""
-    for i, u, d, n in layer_drives(model, input_drive, state, beta, y):
+    """One step of ``schedule``, in place on ``state`` (``indices``: see :func:`alternating_inputs`)."""
+    for i, u, d, n in schedule_drives(model, input_drive, state, beta, y, schedule, indices):
         spec = model.specs[i]
         epilogue(state[i], u, d, n, spec.alpha, spec.gamma, spec.activation)
 
@@ -112,14 +196,21 @@ def step(
     model: CRNN,
     input_drive: torch.Tensor,
     state: Sequence[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     y: torch.Tensor | None,
+    schedule: str = "synchronous",
 ) -> list[torch.Tensor]:
-    """One synchronous step, out of place and differentiable (BPTT builds its graph with this)."""
-    return [
-        activate(model.specs[i].activation, combine(u, d, n, model.specs[i].alpha, model.specs[i].gamma))
-        for i, u, d, n in layer_drives(model, input_drive, state, beta, y)
-    ]
+    """One step of ``schedule``, out of place and differentiable (BPTT builds its graph with this)."""
+    if schedule == "synchronous":
+        return [
+            activate(model.specs[i].activation, combine(u, d, n, model.specs[i].alpha, model.specs[i].gamma))
+            for i, u, d, n in layer_drives(model, input_drive, state, beta, y)
+        ]
+    new = list(state)  # the generator reads the new even layers from here
+    for i, u, d, n in schedule_drives(model, input_drive, new, beta, y, schedule):
+        new[i] = activate(model.specs[i].activation,
+                          combine(u, d, n, model.specs[i].alpha, model.specs[i].gamma))
+    return new
 
 
 @torch.no_grad()
@@ -127,15 +218,18 @@ def settle(
     model: CRNN,
     x: torch.Tensor,
     state: list[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     steps: int,
     y: torch.Tensor | None,
     epilogue: Epilogue = torch_epilogue_,
+    schedule: str = "synchronous",
 ) -> list[torch.Tensor]:
-    """Run ``steps`` steps in place; the input drive ``u_0`` is computed once for the phase."""
+    """Run ``steps`` steps of ``schedule`` in place; the input drive ``u_0`` is computed once for
+    the phase (and, alternating, the pool indices carried from step to step)."""
     input_drive = model.drive(0, x)[0]
+    indices: dict[int, torch.Tensor | None] = {}
     for _ in range(steps):
-        step_(model, input_drive, state, beta, y, epilogue)
+        step_(model, input_drive, state, beta, y, epilogue, schedule, indices)
     return state
 
 

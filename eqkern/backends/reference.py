@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..activations import activate
 from ..model import CRNN, Conv
-from .common import Phase, accumulate_grads
+from .common import Phase, accumulate_grads, schedule_groups
 
 
 def _has_scales(model: CRNN) -> bool:
@@ -44,7 +44,7 @@ def primitive(
     model: CRNN,
     x: torch.Tensor,
     state: Sequence[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     y: torch.Tensor | None,
     scaled: bool = False,
 ) -> torch.Tensor:
@@ -57,6 +57,7 @@ def primitive(
     separate feedback (``model.separate_feedback``, always split) the top-down part uses ``B_l``:
     this is Laborieux's ``Σ_n Φ̃_n`` (App. D.3, eq. 46), whose gradient with respect to ``s_n``
     (the other layers detached) is the vector field ``F_n`` of eq. 40; it is not a primitive.
+    ``beta``: a float, or a per-sample ``(batch,)`` tensor: ``Σ_b β_b (L_b + κ L_aug,b)``.
     """
     phi = x.new_zeros(())
     s_in = x
@@ -69,7 +70,9 @@ def primitive(
         else:
             phi = phi + (s * model.drive(i, s_in)[0]).sum()
         s_in = s
-    if beta != 0.0:
+    if isinstance(beta, torch.Tensor):
+        phi = phi - (model.loss(state[-1], y, beta) + model.augmented_loss(state, y, beta))
+    elif beta != 0.0:
         phi = phi - beta * (model.loss(state[-1], y) + model.augmented_loss(state, y))
     return phi
 
@@ -78,20 +81,27 @@ def settle(
     model: CRNN,
     x: torch.Tensor,
     state: list[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     steps: int,
     y: torch.Tensor | None,
+    schedule: str = "synchronous",
 ) -> list[torch.Tensor]:
-    """Run ``steps`` synchronous steps ``s ← ρ(∂Φ_β/∂s)``; ``state`` is updated in place."""
+    """Run ``steps`` steps ``s ← ρ(∂Φ_β/∂s)``; ``state`` is updated in place.
+
+    ``schedule="synchronous"``: every layer from the same state. ``"alternating"``: the even layers
+    (0, 2, …) from the current state, then the odd layers from the state with the new even layers.
+    """
     scaled = _split(model)
+    groups = schedule_groups(len(state), schedule)
     for _ in range(steps):
-        leaves = [s.detach().requires_grad_() for s in state]
-        with torch.enable_grad():
-            phi = primitive(model, x, leaves, beta, y, scaled)
-            grads = torch.autograd.grad(phi, leaves)
-        with torch.no_grad():
-            for s, g, spec in zip(state, grads, model.specs):
-                s.copy_(activate(spec.activation, g))
+        for group in groups:
+            leaves = [s.detach().requires_grad_() for s in state]
+            with torch.enable_grad():
+                phi = primitive(model, x, leaves, beta, y, scaled)
+                grads = torch.autograd.grad(phi, [leaves[i] for i in group])
+            with torch.no_grad():
+                for i, g in zip(group, grads):
+                    state[i].copy_(activate(model.specs[i].activation, g))
     return state
 
 

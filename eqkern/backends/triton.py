@@ -11,8 +11,10 @@ Same schedule and same terms as :mod:`.analytic` (compare the two line by line);
 Two launches per layer and step, none for the unpooled map or ``d_l`` (never in memory). Layers are
 updated in place in the order 1…N: layer ``l``'s forward conv (giving ``u_{l+1}`` and ``idx_l``) runs
 before the launch that overwrites ``s_l``, and ``s_{l+1}`` is still the old one when ``d_l`` is read,
-which equals the synchronous update. A fully connected connection runs through the same kernels
-as a 1×1 convolution on a 1×1 map (its input flattened to ``(B, F, 1, 1)``).
+which equals the synchronous update; ``schedule="alternating"`` runs the same launches in
+:func:`.analytic.alternating_inputs`'s order (even layers, then odd ones). A fully connected
+connection runs through the same kernels as a 1×1 convolution on a 1×1 map (its input flattened
+to ``(B, F, 1, 1)``).
 
 Dtypes: fp32, fp16 and bf16 storage with fp32 arithmetic inside the kernels; fp64 storage runs the
 same kernels with fp64 loads, dots and epilogue (the interpreter and the GPU both support fp64
@@ -30,7 +32,7 @@ import torch
 from ..activations import ACTIVATION_CODES
 from ..model import CRNN, Conv
 from . import analytic
-from .common import Phase, accumulate_grads
+from .common import Phase, accumulate_grads, nudged, schedule_groups
 
 
 def _kernels():
@@ -61,6 +63,14 @@ def _as_map(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 4 else t.reshape(t.shape[0], -1, 1, 1)
 
 
+def drive(model: CRNN, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(u, idx)`` of connection ``i`` (as ``CRNN.drive``, in one launch); ``u`` is 4-D."""
+    forward_pool, _, _ = _kernels()
+    weight, bias, _, padding, pool = _conn(model, i)
+    u, idx = forward_pool(_as_input(model, i, s_in), weight, bias, padding, pool)
+    return u, (idx if pool else None)
+
+
 def _feedback(
     model: CRNN, i: int, s_in: torch.Tensor, idx: torch.Tensor | None
 ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
@@ -79,12 +89,31 @@ def _feedback(
     return weight, padding, idx
 
 
-def drive(model: CRNN, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(u, idx)`` of connection ``i`` (as ``CRNN.drive``, in one launch); ``u`` is 4-D."""
-    forward_pool, _, _ = _kernels()
-    weight, bias, _, padding, pool = _conn(model, i)
-    u, idx = forward_pool(_as_input(model, i, s_in), weight, bias, padding, pool)
-    return u, (idx if pool else None)
+def _settle_layer(
+    model: CRNN,
+    state: list[torch.Tensor],
+    i: int,
+    u: torch.Tensor,
+    idx: torch.Tensor | None,
+    beta: float | torch.Tensor,
+    y: torch.Tensor | None,
+) -> None:
+    """``state[i] ← ρ(α u + γ d + n)`` in one launch, ``d`` gathered from ``state[i+1]`` through
+    ``idx`` (the pool indices of connection ``i+1`` at the old ``state[i]``; with separate
+    feedback, those of ``B_{i+1}``, computed here from the old ``state[i]``)."""
+    _, feedback_settle, _ = _kernels()
+    s, spec = state[i], model.specs[i]
+    nudge = model.layer_nudge(i, s, y, beta) if nudged(beta) else None  # reads the old s_i
+    if i + 1 < len(state):
+        weight, padding, idx = _feedback(model, i + 1, s, idx)
+        target = _as_input(model, i + 1, s)
+        s_up = _as_map(state[i + 1])
+    else:
+        weight = s_up = None
+        padding, target = 0, _as_map(s)
+    feedback_settle(target, u.view(target.shape),
+                    None if nudge is None else nudge.reshape(target.shape), s_up, idx, weight,
+                    padding, spec.alpha, spec.gamma, ACTIVATION_CODES[spec.activation])
 
 
 @torch.no_grad()
@@ -92,30 +121,30 @@ def step_(
     model: CRNN,
     input_drive: torch.Tensor,
     state: list[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     y: torch.Tensor | None,
+    schedule: str = "synchronous",
+    indices: dict[int, torch.Tensor | None] | None = None,
 ) -> None:
-    """One synchronous step, in place on ``state`` (two launches per layer)."""
-    _, feedback_settle, _ = _kernels()
-    n_layers = len(state)
+    """One step of ``schedule``, in place on ``state`` (two launches per layer).
+
+    Alternating: the order and the pool indices of :func:`.analytic.alternating_inputs`, with
+    this backend's forward launch as the drive (``indices``: see there)."""
+    schedule_groups(len(state), schedule)  # rejects an unknown schedule
+    if schedule == "alternating":
+        inputs = analytic.alternating_inputs(model, lambda j, s_in: drive(model, j, s_in),
+                                             input_drive, state, {} if indices is None else indices)
+        for i, u, idx in inputs:
+            _settle_layer(model, state, i, u, idx, beta, y)
+        return
     u = input_drive
-    for i in range(n_layers):
-        s, spec = state[i], model.specs[i]
-        code = ACTIVATION_CODES[spec.activation]
-        # Everything that reads the old s_i (nudge, forward conv, pool indices) runs before the
-        # launch that overwrites it.
-        nudge = model.layer_nudge(i, s, y, beta) if beta != 0.0 else None
-        if i + 1 < n_layers:
-            u_next, idx = drive(model, i + 1, s)
-            weight, padding, idx = _feedback(model, i + 1, s, idx)
-            target = _as_input(model, i + 1, s)
-            s_up = _as_map(state[i + 1])
-        else:
-            u_next = idx = weight = s_up = None
-            padding, target = 0, _as_map(s)
-        feedback_settle(target, u.view(target.shape),
-                        None if nudge is None else nudge.reshape(target.shape), s_up, idx, weight,
-                        padding, spec.alpha, spec.gamma, code)
+    for i in range(len(state)):
+        # Layer i's forward conv (u_{i+1} and the pool indices) reads the old s_i: it runs before
+        # the launch that overwrites it.
+        u_next = idx = None
+        if i + 1 < len(state):
+            u_next, idx = drive(model, i + 1, state[i])
+        _settle_layer(model, state, i, u, idx, beta, y)
         u = u_next
 
 
@@ -129,15 +158,18 @@ def settle(
     model: CRNN,
     x: torch.Tensor,
     state: list[torch.Tensor],
-    beta: float,
+    beta: float | torch.Tensor,
     steps: int,
     y: torch.Tensor | None,
+    schedule: str = "synchronous",
 ) -> list[torch.Tensor]:
-    """Run ``steps`` steps in place; the input drive ``u_0`` is computed once for the phase."""
+    """Run ``steps`` steps of ``schedule`` in place; the input drive ``u_0`` is computed once for
+    the phase (and, alternating, the pool indices carried from step to step)."""
     work = _contiguous_state(state)
     input_drive = drive(model, 0, x)[0]
+    indices: dict[int, torch.Tensor | None] = {}
     for _ in range(steps):
-        step_(model, input_drive, work, beta, y)
+        step_(model, input_drive, work, beta, y, schedule, indices)
     for s, w in zip(state, work):
         if s is not w:  # a non-contiguous layer was updated in a copy
             s.copy_(w)
