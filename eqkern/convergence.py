@@ -43,11 +43,7 @@ def backend_settle(
     schedule: str = "synchronous",
 ) -> None:
     """``steps`` steps of ``schedule`` through backend module ``be``, in place on ``state``."""
-    if steps == 0:
-        return
-    if schedule == "synchronous":  # the protocol's default: backends without schedules take it too
-        be.settle(model, x, state, beta, steps, y)
-    else:
+    if steps > 0:
         be.settle(model, x, state, beta, steps, y, schedule=schedule)
 
 
