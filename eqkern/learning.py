@@ -9,11 +9,14 @@ import torch
 
 from .backends import get_backend
 from .backends.common import Phase
+from .fre import fre_update
 from .model import CRNN
 from .settle import check_phase_args
 
 Estimator = Literal["symmetric", "one_sided", "random_sign"]
 ESTIMATORS = ("symmetric", "one_sided", "random_sign")
+Rule = Literal["contrastive", "fre"]
+RULES = ("contrastive", "fre")
 
 
 def scalar(t: torch.Tensor) -> float:
@@ -47,6 +50,7 @@ def ep_gradients(
     estimator: Estimator = "symmetric",
     backend: str | None = None,
     generator: torch.Generator | None = None,
+    rule: Rule = "contrastive",
 ) -> EPResult:
     """Estimate the loss gradient by EP and **add** it to every parameter's ``.grad``.
 
@@ -57,17 +61,23 @@ def ep_gradients(
     * one_sided:   ``g = −[∂Φ_β/∂θ(s^β) − ∂Φ/∂θ(s*)] / β``
     * random_sign: one-sided with ``β ← ±β`` drawn from ``generator``.
 
+    ``rule="fre"`` replaces this contrastive update by FRE-RNN's ``ΔW_i = ds_{i+1} (s_i^0)ᵀ``
+    (no ``1/β``, read-out at the free state; :mod:`eqkern.fre`) on the same phases.
+
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
     """
     beta = float(beta)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; known: {RULES}")
     if beta == 0.0:
         raise ValueError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
     check_phase_args(model, x, beta, max(t_free, t_nudge), y)
     be = get_backend(backend, x.device, model)
     batch = x.shape[0]
+    nominal = beta
     if estimator == "random_sign":
         sign = torch.randint(0, 2, (), generator=generator).item() * 2 - 1
         beta = beta * sign
@@ -82,7 +92,10 @@ def ep_gradients(
             other = Phase(minus, -beta)
         else:
             other = Phase(free, 0.0)
-        be.hebbian_update(model, x, y, Phase(plus, beta), other)
+        if rule == "fre":
+            fre_update(model, x, y, free, Phase(plus, beta), other, nominal)
+        else:
+            be.hebbian_update(model, x, y, Phase(plus, beta), other)
         loss = scalar(model.loss(free[-1], y)) / batch
         predictions = model.predict(free)
     return EPResult(free, predictions, loss, beta)

@@ -93,12 +93,13 @@ def build_model(preset: Preset, input_shape, num_classes: int) -> CRNN:
     elif preset.augment in ("kd", "kdw"):
         aug = Distill(tuple(preset.augment_layers), tau=preset.tau, mapped=preset.augment == "kdw")
     return CRNN(input_shape, preset.layers(), num_classes, readout=preset.readout,
-                init_scale=preset.init_scale, state_init=preset.state_init, augment=aug)
+                init_scale=preset.init_scale, state_init=preset.state_init, augment=aug,
+                skips=preset.skip_pairs())
 
 
 def _groups(model: CRNN, preset: Preset) -> list[dict]:
-    """Layer-wise groups (eqkern.train.param_groups) plus one per LE projection / KDW map, at the
-    rate of the connection feeding its layer (the papers do not give one)."""
+    """Layer-wise groups (eqkern.train.param_groups) plus one per LE projection / KDW map and one
+    per FRE-RNN skip link, at the rate of the connection feeding its layer (the papers give none)."""
     n = len(model.connections) + (1 if model.out is not None else 0)
     rates = preset.learning_rates() if len(preset.arch) == model.num_layers else None
     if rates is None or len(rates) != n:
@@ -111,6 +112,8 @@ def _groups(model: CRNN, preset: Preset) -> list[dict]:
             params = [p for p in model.aux[j].parameters() if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr": rates[i]})
+    for (_, j), link in zip(model.skips, model.skip_links):  # at the rate of the target's connection
+        groups.append({"params": list(link.parameters()), "lr": rates[j]})
     return groups
 
 
@@ -331,7 +334,7 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         opt.zero_grad(set_to_none=True)
         res = ep_gradients(model, xb, targets, beta=cfg.beta, t_free=cfg.t_free,
                            t_nudge=cfg.t_nudge, estimator=cfg.estimator, backend=cfg.backend,
-                           generator=gen)
+                           generator=gen, rule=cfg.rule)
         where = f"epoch {epoch + 1}, batch {b + 1}"
         s_abs = torch.stack([s.abs().mean() for s in res.free_state])
         u_abs = torch.stack([w.grad.abs().mean() if w.grad is not None else w.new_zeros(())

@@ -96,18 +96,29 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
 
 # Backends whose settle step and update include the LE/KD(W) nudge terms (eqkern.augment).
 AUGMENT_BACKENDS = ("reference", "torch", "triton")
+# Backends whose settle step and update include the FRE-RNN skip links (eqkern.skips).
+SKIP_BACKENDS = ("reference", "torch")
 
 
 def get_backend(name: str | None, device: torch.device, model=None) -> ModuleType:
     """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
 
-    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only: asking for
-    another one by name is an error, the default falls back to ``torch``.
+    An augmented model (LE/KD) runs on the backends of ``AUGMENT_BACKENDS`` only, a model with skip
+    links on those of ``SKIP_BACKENDS``: asking for another one by name is an error, the default
+    falls back to ``torch``.
     """
     chosen = resolve_backend(name, device)
-    if model is not None and model.augment is not None and chosen not in AUGMENT_BACKENDS:
-        if name or os.environ.get("EQKERN_BACKEND"):
-            raise ValueError(f"backend {chosen!r} does not implement the LE/KD nudge terms yet; "
-                             f"use one of {AUGMENT_BACKENDS}")
-        chosen = "torch"
+    if model is None:
+        return BACKENDS[chosen]
+    needs = []
+    if model.augment is not None:
+        needs.append(("the LE/KD nudge terms", AUGMENT_BACKENDS))
+    if getattr(model, "skips", ()):
+        needs.append(("skip links", SKIP_BACKENDS))
+    for what, allowed in needs:
+        if chosen not in allowed:
+            if name or os.environ.get("EQKERN_BACKEND"):
+                raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
+                                 f"use one of {allowed}")
+            chosen = "torch"
     return BACKENDS[chosen]

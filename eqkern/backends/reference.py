@@ -35,6 +35,8 @@ def primitive(
     ``Φ_β = Φ − β·L(ŷ, y) − βκ Σ_i L_aug,i(s_i)``. With ``scaled=True`` each coupling term is split so that its
     gradient is ``α_{l+1}`` times the bottom-up drive of ``s_{l+1}`` and ``γ_l`` times the top-down
     term of ``s_l`` (FRE-RNN scales); the split is a pseudo-energy for the dynamics only.
+    Skip links add ``Σ_{(i,j)} ⟨s_j, R_ij(s_i)⟩`` (split the same way: ``α_j`` on ``s_j``'s side,
+    ``γ_i`` on ``s_i``'s).
     """
     phi = x.new_zeros(())
     s_in = x
@@ -47,6 +49,12 @@ def primitive(
         else:
             phi = phi + (s * model.drive(i, s_in)[0]).sum()
         s_in = s
+    for (i, j), link in zip(model.skips, model.skip_links):  # FRE-RNN skip links ⟨s_j, R_ij s_i⟩
+        if scaled:
+            phi = phi + model.specs[j].alpha * (state[j] * link(state[i].detach())).sum()
+            phi = phi + model.specs[i].gamma * (state[j].detach() * link(state[i])).sum()
+        else:
+            phi = phi + (state[j] * link(state[i])).sum()
     if beta != 0.0:
         phi = phi - beta * (model.loss(state[-1], y) + model.augmented_loss(state, y))
     return phi
