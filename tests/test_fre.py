@@ -28,8 +28,7 @@ SKIP_CASES = [
     # downsampled: 11×11 → 5×5 (f = 2, odd size: last row/column dropped), 11×11 → 2×2 (f = 5)
     Case("conv-downsampled", (1, 11, 11),
          [Conv(3, pool=False), Conv(2, pool=False), Conv(4), Conv(3, activation="clamp01", gamma=0.4),
-          Linear(6)], batch=2, kwargs={"skips": [(0, 2), (1, 3), (0, 3), (2, 4)],
-                                       "state_init": "uniform"}),
+          Linear(6)], batch=2, kwargs={"skips": [(0, 2), (1, 3), (0, 3), (2, 4)]}),
     Case("random-topology", (9,), [Linear(6), Linear(5), Linear(7), Linear(4), Linear(6), Linear(5)],
          kwargs={"skips": random_skips(6, 0.5, seed=3)}),
 ]
