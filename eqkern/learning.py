@@ -72,6 +72,9 @@ def ep_gradients(
         raise ValueError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; known: {RULES}")
+    if rule == "fre" and model.augment is not None:
+        raise ValueError("rule='fre' does not support LE/KD augmentation (the paper has none); "
+                         "use rule='contrastive'")
     if beta == 0.0:
         raise ValueError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
     check_phase_args(model, x, beta, max(t_free, t_nudge), y)

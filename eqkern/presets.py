@@ -301,7 +301,7 @@ _LIST: list[Preset] = [
                   "paper's (Ernoult's) conv states are taken before the pool and pooled on the way up "
                   "(Algorithm S2); ours are after the pool (Laborieux's Φ). Both give the same "
                   "feed-forward pass (max-pool commutes with a monotone ρ) but the feedback into "
-                  "s_1 differs. The paper's per-sample feedback weights B are W (symmetric).")),
+                  "s_1 differs. Feedback weights B = Wᵀ (symmetric), as in Table 1.")),
     _mlp_preset("frernn-mlp2-mnist", "Table 1 (2HL, 'Ours (tanh, Adam)')", 2, 512, 0.01, 10, 10,
                 "Table 1: 98.39 % test in 1 min 16 s on an RTX A5000 (T/K 10/10, batch 500, "
                 "50 epochs). β_i = 0.01 as the caption says (the paper's notebook "
