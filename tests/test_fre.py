@@ -236,6 +236,11 @@ def test_bad_input_names_the_argument():
     x, y = torch.randn(2, 8), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="unknown rule 'hebb'"):
         ep_gradients(model, x, y, beta=0.1, t_free=2, t_nudge=2, rule="hebb")
+    from eqkern.augment import LocalError
+
+    le = CRNN((8,), [Linear(5), Linear(3)], 2, augment=LocalError((0,)))
+    with pytest.raises(ValueError, match="rule='fre' does not support LE/KD"):
+        ep_gradients(le, x, y, beta=0.1, t_free=2, t_nudge=2, rule="fre")
     with pytest.raises(ValueError, match="rule must be one of"):
         get_preset("frernn-mlp2-mnist", rule="hebb")
     with pytest.raises(ValueError, match="skips must be one of"):
