@@ -204,9 +204,10 @@ _MLP_NOTE = (
     "(rate 1e-3, Table S2), batch 500, 50 epochs, no weight decay, constant rate, no data "
     "augmentation. Not followed, our choice: the paper's code has no biases (zero, not learned) "
     "and a Xavier-uniform init; ours are PyTorch's Linear defaults (learned biases, Kaiming-uniform, "
-    "about 0.6× Xavier's range); eqkern's MNIST normalisation instead of raw [0, 1] pixels. In the "
-    "paper's code the nudged phase feeds back the free phase's output error at every step; we "
-    "recompute it from the current state, as Algorithm 1 (line 15) writes.")
+    "0.5-0.6× Xavier's range); eqkern's MNIST normalisation instead of raw [0, 1] pixels. The "
+    "paper's code feeds back the free phase's output error at every nudged step (models_LN.py; "
+    "models_LN_G.py, used for the residual nets, even adds it once more per step); we recompute it "
+    "from the current state, as Algorithm 1 (line 15) writes.")
 _RES_NOTE = (
     "Residual links (Fig. 3a, Algorithm S3, their make_W_conn(startres=1, block_size=3)): hidden "
     "layers 1→4, 4→7, 7→10, … (state layers (0, 3), (3, 6), …), symmetric, no bias, in the energy; "
