@@ -1,9 +1,11 @@
 """eqkern: fast, memory-lean Equilibrium Propagation for convergent RNNs.
 
 Public API: the model description (:class:`CRNN`, :class:`Conv`, :class:`Linear`), the dynamics
-(:func:`settle`), the learning rules (:func:`ep_gradients`, :func:`bptt_gradients`), the GDU check
-(:func:`check_gdu`), a small training loop (:func:`train`), :func:`info`, and for separate
-feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.asymmetric`) :func:`weight_angles`.
+(:func:`settle`), the learning rules (:func:`ep_gradients` with the contrastive rule or FRE-RNN's
+``rule="fre"``, :func:`bptt_gradients`), FRE-RNN skip topologies (:func:`residual_skips`,
+:func:`random_skips`), the GDU check (:func:`check_gdu`), a small training loop (:func:`train`),
+:func:`info`, and for separate feedback weights (``CRNN(feedback="separate")``,
+:mod:`eqkern.asymmetric`) :func:`weight_angles`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .gdu import check_gdu, format_gdu
 from .learning import EPResult, ep_gradients, free_phase
 from .model import CRNN, Conv, Linear
 from .settle import settle
+from .skips import random_skips, residual_skips
 from .train import TrainConfig, evaluate, train
 from .augmentation import crop_flip
 from .presets import Preset, get_preset, list_presets
@@ -39,5 +42,6 @@ __all__ = [
     "resolve_backend", "train", "TrainConfig", "evaluate", "info", "__version__",
     "train_vgg", "TrainResult", "Preset", "get_preset", "list_presets", "train_teacher",
     "teacher_features", "load_teacher", "crop_flip", "make_schedule", "ConstantKappa",
-    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa", "weight_angles",
+    "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa", "weight_angles", "residual_skips",
+    "random_skips",
 ]

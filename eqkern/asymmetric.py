@@ -40,7 +40,9 @@ import torch
 from .backends.common import Phase, accumulate_grads
 from .model import CRNN, Conv
 
-RULES = ("ep", "vf", "kp-vf")
+# "ep": the contrastive Hebbian update (B_l fixed for a separate model); "fre": FRE-RNN's
+# ΔW_i = ds_{i+1} s_iᵀ (eqkern.fre, symmetric models); "vf", "kp-vf": separate feedback (below).
+RULES = ("ep", "fre", "vf", "kp-vf")
 
 
 def resolve_rule(model: CRNN, rule: str | None, leakage: float) -> str:
@@ -50,9 +52,12 @@ def resolve_rule(model: CRNN, rule: str | None, leakage: float) -> str:
         rule = "kp-vf" if model.separate_feedback else "ep"
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; known: {RULES}")
-    if rule != "ep" and not model.separate_feedback:
+    if rule in ("vf", "kp-vf") and not model.separate_feedback:
         raise ValueError(f"rule={rule!r} trains separate feedback weights: build the model with "
                          f"CRNN(..., feedback='separate')")
+    if rule == "fre" and (model.separate_feedback or model.augment is not None):
+        raise ValueError("rule='fre' is for symmetric models without LE/KD augmentation (the paper "
+                         "has neither); use rule='ep'")
     leakage = float(leakage)
     if not math.isfinite(leakage) or leakage < 0.0:
         raise ValueError(f"leakage must be a finite number >= 0, got {leakage}")

@@ -12,6 +12,7 @@ from .augment import repeat_targets
 from .backends import get_backend
 from .backends.common import Phase
 from .convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
+from .fre import fre_update
 from .model import CRNN
 from .settle import check_phase_args
 
@@ -80,6 +81,8 @@ def ep_gradients(
     ``+β`` and ``−β`` phases as one batch of ``2·batch`` with a per-sample β, one set of backend
     calls for both (backends of ``eqkern.backends.BATCHED_NUDGE_BACKENDS``); with ``tol`` the
     pair stops when neither half moves by ``tol`` any more.
+    ``rule="fre"`` replaces the contrastive update by FRE-RNN's ``ΔW_i = ds_{i+1} (s_i^0)ᵀ``
+    (no ``1/β``, read-out at the free state; :mod:`eqkern.fre`) on the same phases.
 
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
@@ -101,6 +104,7 @@ def ep_gradients(
     batched = batched_nudge and estimator == "symmetric"
     be = get_backend(backend, x.device, model, schedule=schedule, batched_nudge=batched)
     batch = x.shape[0]
+    nominal = beta
     if estimator == "random_sign":
         sign = torch.randint(0, 2, (), generator=generator).item() * 2 - 1
         beta = beta * sign
@@ -127,7 +131,9 @@ def ep_gradients(
                 nudge_steps = max(nudge_steps, minus_steps)
             else:
                 other = Phase(free, 0.0)
-        if model.separate_feedback:
+        if rule == "fre":
+            fre_update(model, x, y, free, Phase(plus, beta), other, nominal)
+        elif model.separate_feedback:
             feedback_update(model, x, y, Phase(plus, beta), other, free, rule=rule,
                             leakage=float(leakage), hebbian=be.hebbian_update)
         else:

@@ -28,6 +28,7 @@ from torch import nn
 from .activations import check_activation
 from .augment import (Augmentation, Distill, aux_error, aux_loss, aux_readout_transpose, labels_of,
                       make_aux_modules, per_sample, reset_aux_module)
+from .skips import SkipLink, check_skips
 
 Readout = Literal["ce", "mse"]
 Feedback = Literal["symmetric", "separate"]
@@ -93,6 +94,9 @@ class CRNN(nn.Module):
             independently by the same law; the dynamics are a vector field, see
             :meth:`feedback_weight` and :mod:`eqkern.asymmetric`). Connection 0 reads the clamped
             input and sends nothing down, so it has no ``B_0`` (as in the paper).
+        skips: residual / skip links ``(i, j)`` between state layers ``j > i + 1`` (FRE-RNN §3.3):
+            Φ gains ``⟨s_j, R_ij(s_i)⟩`` (:mod:`eqkern.skips`; ``residual_skips``, ``random_skips``
+            build the paper's topologies).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class CRNN(nn.Module):
         init_scale: float = 1.0,
         state_init: Literal["zeros", "uniform"] = "zeros",
         augment: Augmentation | None = None,
+        skips: Sequence[Sequence[int]] = (),
         feedback: Feedback = "symmetric",
     ) -> None:
         super().__init__()
@@ -157,6 +162,9 @@ class CRNN(nn.Module):
                 raise ValueError(f"augment.layers must name state layers 0..{len(shapes) - 1}, "
                                  f"got {augment.layers}")
         self.aux = make_aux_modules(augment, shapes, self.num_classes)
+        # registered after aux so that the parameter order of models without skips is unchanged
+        self.skips = check_skips(skips, shapes)
+        self.skip_links = nn.ModuleList(SkipLink(shapes[i], shapes[j]) for i, j in self.skips)
         self.feedback_mode: Feedback = feedback
         # Registered last, so that model.parameters() lists W, b, read-out and LE/KDW maps in the
         # same order as a symmetric model (the backends zip their gradient lists with it).
@@ -177,6 +185,8 @@ class CRNN(nn.Module):
                 m.bias.mul_(self.init_scale)
         for m in self.aux:
             reset_aux_module(self.augment, m, self.init_scale)
+        for link in self.skip_links:
+            link.reset_parameters(self.init_scale)
         if self.feedback_weights is not None:
             # Drawn after everything else, so W_l, b_l are those of the symmetric model of the same
             # seed; the law is nn.Conv2d/nn.Linear's default weight init (Kaiming-uniform, a=√5).
@@ -352,6 +362,25 @@ class CRNN(nn.Module):
             err = onehot - torch.softmax(self.logits(s_last), dim=1)
             return (per_sample(beta, err) * (err @ self.out.weight)).view_as(s_last)
         return per_sample(beta, s_last) * (onehot - s_last)
+
+    # -- skip links (FRE-RNN residual connections) ------------------------------------------
+
+    def skip_drives(self, state: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Bottom-up skip terms ``Σ_i R_ij s_i`` of every target layer ``j``, from ``state``."""
+        out: dict[int, torch.Tensor] = {}
+        for (i, j), link in zip(self.skips, self.skip_links):
+            r = link(state[i])
+            out[j] = r if j not in out else out[j] + r
+        return out
+
+    def skip_feedback(self, i: int, state: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """Top-down skip term ``Σ_j R_ijᵀ s_j`` of source layer ``i`` (None if it has no link)."""
+        total = None
+        for (src, j), link in zip(self.skips, self.skip_links):
+            if src == i:
+                r = link.transpose(state[j])
+                total = r if total is None else total + r
+        return total
 
     # -- augmentation (LE / KD / KDW) ------------------------------------------------------
 

@@ -95,12 +95,12 @@ def build_model(preset: Preset, input_shape, num_classes: int) -> CRNN:
         aug = Distill(tuple(preset.augment_layers), tau=preset.tau, mapped=preset.augment == "kdw")
     return CRNN(input_shape, preset.layers(), num_classes, readout=preset.readout,
                 init_scale=preset.init_scale, state_init=preset.state_init, augment=aug,
-                feedback=preset.feedback)
+                feedback=preset.feedback, skips=preset.skip_pairs())
 
 
 def _groups(model: CRNN, preset: Preset) -> list[dict]:
-    """Layer-wise groups (eqkern.train.param_groups) plus one per LE projection / KDW map, at the
-    rate of the connection feeding its layer (the papers do not give one)."""
+    """Layer-wise groups (eqkern.train.param_groups) plus one per LE projection / KDW map and one
+    per FRE-RNN skip link, at the rate of the connection feeding its layer (the papers give none)."""
     n = len(model.connections) + (1 if model.out is not None else 0)
     rates = preset.learning_rates() if len(preset.arch) == model.num_layers else None
     if rates is None or len(rates) != n:
@@ -113,6 +113,8 @@ def _groups(model: CRNN, preset: Preset) -> list[dict]:
             params = [p for p in model.aux[j].parameters() if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr": rates[i]})
+    for (_, j), link in zip(model.skips, model.skip_links):  # at the rate of the target's connection
+        groups.append({"params": list(link.parameters()), "lr": rates[j]})
     return groups
 
 
@@ -333,7 +335,7 @@ def _train_epoch(model, data, cfg, opt, gen, aug_gen, epoch, feats_of, progress,
         opt.zero_grad(set_to_none=True)
         res = ep_gradients(model, xb, targets, beta=cfg.beta, t_free=cfg.t_free,
                            t_nudge=cfg.t_nudge, estimator=cfg.estimator, backend=cfg.backend,
-                           generator=gen, rule=cfg.feedback_rule, leakage=cfg.leakage,
+                           generator=gen, rule=cfg.rule, leakage=cfg.leakage,
                            schedule=cfg.schedule, tol=cfg.tol, check_every=cfg.check_every,
                            batched_nudge=cfg.batched_nudge)
         where = f"epoch {epoch + 1}, batch {b + 1}"

@@ -330,7 +330,7 @@ def test_train_vgg_logs_the_weight_angle(tmp_path):
     torch.set_num_threads(1)
     res = train_vgg("vgg5-ce-cifar10", data=data, progress=False, log=lambda s: None,
                     out_dir=tmp_path, width=1 / 32, t_free=3, t_nudge=2, batch_size=8, epochs=2,
-                    backend="torch", feedback="separate", feedback_rule="kp-vf", leakage=0.5,
+                    backend="torch", feedback="separate", rule="kp-vf", leakage=0.5,
                     lr=(0.5,), weight_decay=0.0)
     model = res.model
     assert model.separate_feedback
@@ -343,9 +343,9 @@ def test_train_vgg_logs_the_weight_angle(tmp_path):
         assert any(p is model.feedback_weight(i) for p in groups[i]["params"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["weight_angle"] == angles[-1]
-    with pytest.raises(ValueError, match="feedback_rule"):
+    with pytest.raises(ValueError, match="rule"):
         train_vgg("vgg5-ce-cifar10", data=data, progress=False, log=lambda s: None,
-                  feedback_rule="vf", epochs=1)
+                  rule="vf", epochs=1)
 
 
 def test_rule_ep_keeps_feedback_fixed():

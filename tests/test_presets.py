@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from eqkern import CRNN
+import torch
+
+from eqkern import CRNN, ep_gradients
 from eqkern.presets import PRESETS, format_presets, get_preset, list_presets, parse_overrides
 from eqkern.teacher import VGG_ARCHS, build_teacher, match_features
 
 EXPECTED = ["vgg7-le-cifar10", "vgg7-kd-cifar10", "vgg7-kdw-cifar10", "vgg11-le-cifar100",
             "vgg13-le-cifar100", "vgg10-kd-cifar100", "vgg12-kd-cifar100", "vgg5-ce-cifar10",
-            "vgg5-mse-cifar10", "frernn-conv-mnist"]
+            "vgg5-mse-cifar10", "frernn-conv-mnist", "frernn-mlp2-mnist", "frernn-mlp3-mnist",
+            "frernn-mlp5-mnist", "frernn-mlp10-mnist", "frernn-mlp10-res-mnist",
+            "frernn-mlp20-res-mnist", "frernn-mlp10-agt-mnist"]
+FRE = [n for n in EXPECTED if n.startswith("frernn")]
 
 
 def test_every_paper_configuration_is_there():
@@ -72,3 +77,51 @@ def test_teacher_blocks_line_up_with_kd_layers(name):
     teacher = build_teacher(p.teacher_arch, classes, width=p.width)
     assert match_features(teacher, model.state_shapes, p.augment_layers) == [0, 1, 2, 3, 4]
     assert p.teacher_arch in VGG_ARCHS
+
+
+def test_liu_table_values():
+    """Liu & Chen Table 1 / S3 (conv, 2HL, 3HL) and Table 2 (5/10/20 layers, residual links)."""
+    p = get_preset("frernn-conv-mnist")
+    assert (p.t_free, p.t_nudge, p.beta, p.batch_size, p.epochs, p.lr, p.weight_decay, p.rule) == (
+        20, 10, 0.25, 128, 40, (0.15, 0.35, 0.9), 1e-5, "fre")
+    assert [(s.out_channels, s.kernel_size, s.padding, s.pool, s.activation) for s in p.arch] == [
+        (32, 5, 0, True, "clamp01"), (64, 5, 0, True, "clamp01")]
+    for name, depth, width, gamma, t in [("frernn-mlp2-mnist", 2, 512, 0.01, (10, 10)),
+                                         ("frernn-mlp3-mnist", 3, 512, 0.01, (18, 10)),
+                                         ("frernn-mlp5-mnist", 5, 64, 0.1, (50, 25)),
+                                         ("frernn-mlp10-mnist", 10, 64, 0.1, (100, 50)),
+                                         ("frernn-mlp20-res-mnist", 20, 64, 0.1, (200, 100))]:
+        p = get_preset(name)
+        assert len(p.arch) == depth and {s.out_features for s in p.arch} == {width}
+        assert [s.gamma for s in p.arch] == [gamma] * (depth - 1) + [1.0]
+        assert (p.t_free, p.t_nudge) == t and (p.optimizer, p.lr, p.batch_size, p.epochs) == (
+            "adam", (1e-3,), 500, 50)
+        assert p.rule == "fre" and p.estimator == "one_sided" and p.beta == 0.1
+    assert get_preset("frernn-mlp10-res-mnist").skip_pairs() == ((0, 3), (3, 6), (6, 9))
+    assert get_preset("frernn-mlp10-mnist").skip_pairs() == ()
+    agt = get_preset("frernn-mlp10-agt-mnist")
+    assert agt.skip_pairs() == get_preset(agt, skip_seed=0).skip_pairs() != get_preset(
+        agt, skip_seed=1).skip_pairs()
+
+
+@pytest.mark.parametrize("name", FRE)
+def test_fre_presets_build_and_train_a_step(name):
+    """The model of the preset (skip links included) and one EP step of its rule on a tiny batch:
+    every parameter gets a finite gradient, the skip links too."""
+    from eqkern.vgg import build_model, make_optimizer
+
+    p = get_preset(name, width=1 / 16, t_free=3, t_nudge=2)
+    model = build_model(p, (1, 28, 28), 10)
+    assert model.skips == p.skip_pairs() and len(model.skip_links) == len(model.skips)
+    opt = make_optimizer(model, p)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 3, 9, 1])
+    before = [q.detach().clone() for q in model.parameters()]
+    opt.zero_grad()
+    ep_gradients(model, x, y, beta=p.beta, t_free=p.t_free, t_nudge=p.t_nudge,
+                 estimator=p.estimator, rule=p.rule)
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in model.parameters())
+    opt.step()
+    moved = {n for (n, q), b in zip(model.named_parameters(), before) if not torch.equal(q, b)}
+    print(name, "moved:", sorted(moved))
+    assert "out.weight" in moved and "connections.0.weight" in moved

@@ -103,6 +103,8 @@ ASYMMETRIC_BACKENDS = ("reference", "torch", "cpp", "triton")
 SCHEDULE_BACKENDS = ("reference", "torch", "cpp", "triton")
 # Backends whose nudge terms take a per-sample (batch,) β: the ±β phases as one batch of 2B.
 BATCHED_NUDGE_BACKENDS = ("reference", "torch", "cpp", "triton")
+# Backends whose settle step and update include the FRE-RNN skip links (eqkern.skips).
+SKIP_BACKENDS = ("reference", "torch")
 
 
 def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, tuple[str, ...]]]:
@@ -112,8 +114,12 @@ def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, 
         reqs.append(("the LE/KD nudge terms", AUGMENT_BACKENDS))
     if model is not None and model.separate_feedback:
         reqs.append(("separate feedback weights (feedback='separate')", ASYMMETRIC_BACKENDS))
+    if model is not None and model.skips:
+        reqs.append(("skip links", SKIP_BACKENDS))
     if schedule != "synchronous":
-        reqs.append((f"schedule={schedule!r}", SCHEDULE_BACKENDS))
+        # the alternating drives of torch/triton have no skip terms: with skips, only reference
+        reqs.append((f"schedule={schedule!r}", ("reference",) if model is not None and model.skips
+                     else SCHEDULE_BACKENDS))
     if batched_nudge:
         reqs.append(("batched_nudge=True (a per-sample β in the nudge terms)", BATCHED_NUDGE_BACKENDS))
     return reqs
@@ -135,22 +141,24 @@ def get_backend(
     """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
 
     A model feature or option that not every backend has (LE/KD: ``AUGMENT_BACKENDS``, separate
-    feedback: ``ASYMMETRIC_BACKENDS``, the alternating ``schedule``: ``SCHEDULE_BACKENDS``, a
-    per-sample β (``batched_nudge``): ``BATCHED_NUDGE_BACKENDS``) runs on those backends only:
-    asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError, the default falls
-    back to ``torch``.
+    feedback: ``ASYMMETRIC_BACKENDS``, skip links: ``SKIP_BACKENDS``, the alternating ``schedule``:
+    ``SCHEDULE_BACKENDS``, a per-sample β (``batched_nudge``): ``BATCHED_NUDGE_BACKENDS``) runs on
+    those backends only: asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError,
+    the default falls back to ``torch`` (``reference`` for what only it has).
     """
     from .common import SCHEDULES
 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
     chosen = resolve_backend(name, device)
-    for what, backends in _requirements(model, schedule, batched_nudge):
-        if chosen not in backends:
-            if name or os.environ.get("EQKERN_BACKEND"):
-                raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
-                                 f"use one of {backends}")
-            logger.debug("eqkern: the default backend %r does not implement %s: using 'torch'",
-                         chosen, what)
-            chosen = "torch"
+    reqs = _requirements(model, schedule, batched_nudge)
+    for what, backends in reqs:
+        if chosen not in backends and (name or os.environ.get("EQKERN_BACKEND")):
+            raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
+                             f"use one of {backends}")
+    allowed = [b for b in ("torch", *BACKENDS) if all(b in backends for _, backends in reqs)]
+    if chosen not in allowed:
+        logger.debug("eqkern: the default backend %r does not implement %s: using %r", chosen,
+                     ", ".join(what for what, backends in reqs if chosen not in backends), allowed[0])
+        chosen = allowed[0]
     return BACKENDS[chosen]

@@ -57,6 +57,10 @@ def layer_drives(
     ``input_drive``: ``u_0 = P_0(W_0 * x + b_0)``, constant over a phase.
     """
     n_layers = len(state)
+    # Skip links (FRE-RNN): a bottom-up term into layer j reads the OLD s_i, i < j, which is
+    # overwritten before j's turn, so all of them are computed first, from the pre-step state.
+    # The top-down term of layer i reads s_j, j > i, still old at i's turn: computed lazily.
+    skip_up = model.skip_drives(state) if model.skips else None
     u = input_drive
     for i in range(n_layers):
         s = state[i]
@@ -65,9 +69,22 @@ def layer_drives(
             u_next, idx = model.drive(i + 1, s)
             idx = model.feedback_indices(i + 1, s, idx)
             d = model.feedback(i + 1, state[i + 1], idx, s.shape)
+        if skip_up is not None:
+            u, d = _add_skips(model, i, state, u, d, skip_up)
         nudge = model.layer_nudge(i, s, y, beta) if nudged(beta) else None
         yield i, u, d, nudge
         u = u_next
+
+
+def _add_skips(model: CRNN, i: int, state: Sequence[torch.Tensor], u: torch.Tensor,
+               d: torch.Tensor | None, skip_up: dict[int, torch.Tensor]):
+    """``u_i + Σ R_ki s_k`` and ``d_i + Σ R_ijᵀ s_j`` out of place (``u_0`` is reused each step)."""
+    if i in skip_up:
+        u = u + skip_up[i]
+    down = model.skip_feedback(i, state)
+    if down is not None:  # a source layer always has a layer above it, so d exists
+        d = d + down
+    return u, d
 
 
 def _pooled(model: CRNN, i: int) -> bool:
@@ -245,30 +262,49 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
     inputs = torch.cat([x, x])
     grads: list[torch.Tensor] = []
-    for i, (spec, conn) in enumerate(zip(model.specs, model.connections)):
+    for i, spec in enumerate(model.specs):
         signed_out = torch.cat([a.state[i], -b.state[i]])
-        if isinstance(spec, Conv):
-            if spec.pool:
-                idx = model.drive(i, inputs)[1]  # pool indices of each phase's own equilibrium
-                signed_out = model.unpool(i, signed_out, idx, inputs.shape)
-            if i == 0:
-                # Both phases see the same clamped x: subtract the two halves before the GEMM.
-                # Half the FLOPs, and no fp32 cancellation between two large, nearly equal terms.
-                inputs, signed_out = x, signed_out[: len(x)] + signed_out[len(x):]
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                signed_out, inputs, conn.weight, [conn.weight.shape[0]], [1, 1],
-                [spec.padding] * 2, [1, 1], False, [0, 0], 1, [False, True, True],
-            )
-        else:
-            gw = signed_out.t() @ inputs.flatten(1)
-            gb = signed_out.sum(0)
+        if isinstance(spec, Conv) and i == 0:
+            # Both phases see the same clamped x (and so the same pool indices): subtract the two
+            # halves before the GEMM. Half the FLOPs, and no fp32 cancellation between two large,
+            # nearly equal terms.
+            inputs, signed_out = x, a.state[0] - b.state[0]
+        gw, gb = connection_grads(model, i, inputs, signed_out)
         grads += [gw * scale, gb * scale]
         inputs = torch.cat([a.state[i], b.state[i]])
     if model.out is not None:
         grads += _readout_grads(model, y, a, b)
     grads += _aux_grads(model, y, a, b)
+    for (i, j), link in zip(model.skips, model.skip_links):
+        # a_j a_iᵀ − b_j b_iᵀ = [(a_j − b_j)(a_i + b_i)ᵀ + (a_j + b_j)(a_i − b_i)ᵀ] / 2: the two
+        # phases' differences are taken before the products, so fp32 does not cancel two large,
+        # nearly equal sums (the same FLOPs as one product over the concatenated batch).
+        aj, bj, ai, bi = a.state[j], b.state[j], a.state[i], b.state[i]
+        g = link.weight_grad(aj - bj, ai + bi) + link.weight_grad(aj + bj, ai - bi)
+        grads.append(g * (0.5 * scale))
     params = model.ep_parameters()  # separate feedback weights: eqkern.asymmetric
     accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
+
+
+def connection_grads(
+    model: CRNN, i: int, inputs: torch.Tensor, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(∂/∂W_i, ∂/∂b_i)`` of ``Σ_batch ⟨out, drive(i, inputs)⟩``, the Hebbian product of one
+    connection: one weight-gradient convolution (after unpooling ``out`` with the pool indices of
+    ``inputs``' own forward pass) or one GEMM. ``inputs: (batch, *in_shape)``,
+    ``out: (batch, *state_shapes[i])``.
+    """
+    spec, conn = model.specs[i], model.connections[i]
+    if isinstance(spec, Conv):
+        if spec.pool:
+            idx = model.drive(i, inputs)[1]  # pool indices of each phase's own equilibrium
+            out = model.unpool(i, out, idx, inputs.shape)
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            out, inputs, conn.weight, [conn.weight.shape[0]], [1, 1],
+            [spec.padding] * 2, [1, 1], False, [0, 0], 1, [False, True, True],
+        )
+        return gw, gb
+    return out.t() @ inputs.flatten(1), out.sum(0)
 
 
 def _readout_grads(model: CRNN, y, a: Phase, b: Phase) -> list[torch.Tensor]:

@@ -58,6 +58,8 @@ def primitive(
     this is Laborieux's ``Σ_n Φ̃_n`` (App. D.3, eq. 46), whose gradient with respect to ``s_n``
     (the other layers detached) is the vector field ``F_n`` of eq. 40; it is not a primitive.
     ``beta``: a float, or a per-sample ``(batch,)`` tensor: ``Σ_b β_b (L_b + κ L_aug,b)``.
+    Skip links add ``Σ_{(i,j)} ⟨s_j, R_ij(s_i)⟩`` (split the same way: ``α_j`` on ``s_j``'s side,
+    ``γ_i`` on ``s_i``'s).
     """
     phi = x.new_zeros(())
     s_in = x
@@ -70,6 +72,12 @@ def primitive(
         else:
             phi = phi + (s * model.drive(i, s_in)[0]).sum()
         s_in = s
+    for (i, j), link in zip(model.skips, model.skip_links):  # FRE-RNN skip links ⟨s_j, R_ij s_i⟩
+        if scaled:
+            phi = phi + model.specs[j].alpha * (state[j] * link(state[i].detach())).sum()
+            phi = phi + model.specs[i].gamma * (state[j].detach() * link(state[i])).sum()
+        else:
+            phi = phi + (state[j] * link(state[i])).sum()
     if isinstance(beta, torch.Tensor):
         phi = phi - (model.loss(state[-1], y, beta) + model.augmented_loss(state, y, beta))
     elif beta != 0.0:
