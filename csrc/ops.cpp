@@ -35,9 +35,11 @@ TORCH_LIBRARY(eqkern, m) {
   // schedule: 0 synchronous, 1 alternating (even layers, then odd layers from the new even ones).
   // feedback_weights: [] (symmetric: the top-down terms use the weights) or [None, B_1, ..., B_{N-1}]
   // (Laborieux's vector field: d_i through B_{i+1}, with the argmax of B_{i+1} * s_i).
+  // skip_*: FRE-RNN skip links (csrc/skips.h), one entry per link; empty lists for none.
   m.def(
       "settle(Tensor x, Tensor[] weights, Tensor[] biases, int[] kinds, int[] paddings, int[] pools, "
-      "int[] activations, float[] alphas, float[] gammas, Tensor?[] feedback_weights, Tensor? out_weight, "
+      "int[] activations, float[] alphas, float[] gammas, Tensor?[] feedback_weights, int[] skip_sources, "
+      "int[] skip_targets, int[] skip_factors, Tensor[] skip_weights, Tensor? out_weight, "
       "Tensor? out_bias, Tensor? targets, float beta, Tensor? sample_betas, int[] aux_layers, Tensor?[] aux_maps, "
       "Tensor[] aux_targets, float[] aux_scales, float aux_tau, int schedule, int steps, "
       "Tensor(a!)[] state) -> ()");

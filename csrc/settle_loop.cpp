@@ -12,6 +12,7 @@
 #include "checks.h"
 #include "layout.h"
 #include "nudge.h"
+#include "skips.h"
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -159,9 +160,10 @@ class SettleRun {
             at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
             at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
             const c10::List<std::optional<Tensor>>& feedback_weights, const std::vector<Shape>& shapes,
-            TensorList state, const Nudges& nudges)
+            TensorList state, const Nudges& nudges, Skips& skips)
       : k_(k), x_(x), biases_(biases), kinds_(kinds), paddings_(paddings), pools_(pools),
         activations_(activations), alphas_(alphas), gammas_(gammas), shapes_(shapes), nudges_(nudges),
+        skips_(skips),
         lay_{use_channels_last(x)}, n_(shapes.size()), separate_(!feedback_weights.empty()), work_(n_), w_(n_),
         fb_w_(n_), u_buf_(n_), unp_buf_(n_), pre_(n_) {
     // Working states in the layout the convolutions like; copied back at the end if they differ.
@@ -188,6 +190,7 @@ class SettleRun {
   // conv (u_{i+1} and the pool argmax of s_i) runs before s_i is overwritten, and s_{i+1} is still
   // the old one when d_i is read.
   void synchronous_step() {
+    if (!skips_.empty()) skips_.compute(work_, std::vector<bool>(n_, true), lay_);  // all from the old states
     Tensor u = u0_;
     for (size_t i = 0; i < n_; ++i) {
       Tensor& s = work_[i];
@@ -218,6 +221,11 @@ class SettleRun {
   // the other.
   void alternating_step() {
     for (size_t parity = 0; parity < 2; ++parity) {
+      if (!skips_.empty()) {  // a link may join two layers of the group: read them all first
+        std::vector<bool> group(n_);
+        for (size_t i = 0; i < n_; ++i) group[i] = i % 2 == parity;
+        skips_.compute(work_, group, lay_);
+      }
       for (size_t i = parity; i < n_; i += 2) {
         const Tensor u = bottom_up(i);
         const Tensor d = top_down(i, Tensor());
@@ -282,9 +290,14 @@ class SettleRun {
     return lay_.make(conv_transposed(fb, f, paddings_[j]));
   }
 
-  // state[i] <- rho(alpha_i u + gamma_i d + n_i), n_i from the pre-update state[i].
-  void epilogue(size_t i, const Tensor& u, const Tensor& d) {
+  // state[i] <- rho(alpha_i (u + skips up) + gamma_i (d + skips down) + n_i), n_i from the
+  // pre-update state[i].
+  void epilogue(size_t i, Tensor u, Tensor d) {
     Tensor& s = work_[i];
+    if (!skips_.empty()) {
+      if (skips_.up(i).defined()) u = lay_.make(u + skips_.up(i));  // out of place: u may be u0_
+      if (skips_.down(i).defined()) d = d.add_(skips_.down(i));   // d is this layer's own
+    }
     const Tensor nudge = nudges_.of_layer(i, s, lay_);
     TORCH_INTERNAL_ASSERT(s.is_non_overlapping_and_dense() && same_layout(u, s) &&
                           (!d.defined() || same_layout(d, s)) && (!nudge.defined() || same_layout(nudge, s)));
@@ -300,6 +313,7 @@ class SettleRun {
   at::ArrayRef<double> alphas_, gammas_;
   const std::vector<Shape>& shapes_;
   const Nudges& nudges_;
+  Skips& skips_;
   const Layout lay_;
   const size_t n_;
   const bool separate_;  // feedback weights B_j of their own (else the top-down terms use W_j)
@@ -315,8 +329,8 @@ class SettleRun {
 void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, TensorList biases,
                  at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
                  at::IntArrayRef activations, at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
-                 const c10::List<std::optional<Tensor>>& feedback_weights, const NudgeArgs& nudge_args,
-                 int64_t schedule, int64_t steps, TensorList state) {
+                 const c10::List<std::optional<Tensor>>& feedback_weights, const SkipArgs& skip_args,
+                 const NudgeArgs& nudge_args, int64_t schedule, int64_t steps, TensorList state) {
   constexpr const char* op = "eqkern.settle";
   const auto shapes = check_network(op, x, weights, biases, kinds, paddings, pools);
   check_states(op, "state", state, shapes, x);
@@ -337,10 +351,11 @@ void settle_loop(const DeviceKernels& k, const Tensor& x, TensorList weights, Te
   const Tensor onehot = check_readout(op, x, shapes.back(), nudge_args.out_weight, nudge_args.out_bias,
                                       nudge_args.targets, nudged);
   const Nudges nudges(op, x, shapes, nudge_args, onehot);
+  Skips skips(op, x, shapes, skip_args);
   if (steps == 0) return;
 
   SettleRun run(k, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights, shapes,
-                state, nudges);
+                state, nudges, skips);
   for (int64_t t = 0; t < steps; ++t) {
     if (schedule == kAlternating) {
       run.alternating_step();
@@ -446,6 +461,10 @@ void hebbian_update_loop(const DeviceKernels& k, const Tensor& x, TensorList wei
       gw = at::mm(signed_out.t(), inputs);
       gb = signed_out.sum(0);
     }
+    // The bias term is sum(s_a) - sum(s_b) (unpooling moves values, it does not change their sum):
+    // subtract first, so that fp32 does not cancel two large, nearly equal sums.
+    const Tensor diff = state_a[i] - state_b[i];
+    gb = diff.dim() == 2 ? diff.sum(0) : diff.sum(at::IntArrayRef({0, 2, 3}));
     grads[2 * i].add_(gw, scale);
     grads[2 * i + 1].add_(gb, scale);
   }

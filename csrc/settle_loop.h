@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "nudge.h"
+#include "skips.h"
 
 namespace eqkern {
 
@@ -47,7 +48,7 @@ void settle_loop(const DeviceKernels& k, const at::Tensor& x, at::TensorList wei
                  at::TensorList biases, at::IntArrayRef kinds, at::IntArrayRef paddings,
                  at::IntArrayRef pools, at::IntArrayRef activations, at::ArrayRef<double> alphas,
                  at::ArrayRef<double> gammas, const c10::List<std::optional<at::Tensor>>& feedback_weights,
-                 const NudgeArgs& nudges, int64_t schedule, int64_t steps, at::TensorList state);
+                 const SkipArgs& skips, const NudgeArgs& nudges, int64_t schedule, int64_t steps, at::TensorList state);
 
 void hebbian_update_loop(const DeviceKernels& k, const at::Tensor& x, at::TensorList weights,
                          at::TensorList biases, at::IntArrayRef kinds, at::IntArrayRef paddings,

@@ -111,6 +111,8 @@ class NetworkArgs(NamedTuple):
     kinds: 0 = conv, 1 = linear; paddings / pools (0 or 1): of the convs (0 for linear layers);
     activations: codes of ``ACTIVATION_CODES``; out_weight / out_bias: the CE read-out, or None (MSE);
     feedback_weights: ``[]`` (symmetric) or ``[None, B_1, …, B_{N-1}]`` (``CRNN(feedback="separate")``).
+    skip_*: one entry per FRE-RNN skip link ``(source, target)``: its pool factor (0: into an FC
+    layer) and the weight of its map ``R`` (``eqkern.skips.SkipLink``).
     """
 
     weights: list[torch.Tensor]
@@ -124,6 +126,10 @@ class NetworkArgs(NamedTuple):
     out_weight: torch.Tensor | None
     out_bias: torch.Tensor | None
     feedback_weights: list[torch.Tensor | None] = []
+    skip_sources: list[int] = []
+    skip_targets: list[int] = []
+    skip_factors: list[int] = []
+    skip_weights: list[torch.Tensor] = []
 
 
 def network_args(model) -> NetworkArgs:
@@ -144,6 +150,10 @@ def network_args(model) -> NetworkArgs:
         out_bias=model.out.bias if model.out is not None else None,
         feedback_weights=([None] + [model.feedback_weight(i) for i in range(1, model.num_layers)]
                           if getattr(model, "separate_feedback", False) else []),
+        skip_sources=[i for i, _ in model.skips],
+        skip_targets=[j for _, j in model.skips],
+        skip_factors=[link.factor for link in model.skip_links],
+        skip_weights=[link.weight for link in model.skip_links],
     )
 
 
@@ -197,7 +207,7 @@ def settle(
     args = settle_op_args(x, net, state, beta, steps, targets, aux, schedule)
     _check_devices("settle", x, [(f"weights[{i}]", w) for i, w in enumerate(net.weights)]
                    + [(f"state[{i}]", s) for i, s in enumerate(state)]
-                   + [("out_weight", net.out_weight), ("targets", targets), ("beta", args[14])]
+                   + [("out_weight", net.out_weight), ("targets", targets), ("beta", args[18])]
                    + [(f"aux_targets[{k}]", t) for k, t in enumerate(aux.targets)])
     torch.ops.eqkern.settle.default(*args)
 
@@ -208,7 +218,9 @@ def settle_op_args(x, net, state, beta, steps, targets=None, aux=NO_AUX, schedul
         raise ValueError(f"schedule must be one of {sorted(SCHEDULE_CODES)}, got {schedule!r}")
     sample_betas = beta if isinstance(beta, torch.Tensor) else None
     return (x, list(net.weights), list(net.biases), net.kinds, net.paddings, net.pools, net.activations,
-            net.alphas, net.gammas, list(net.feedback_weights), net.out_weight, net.out_bias, targets,
+            net.alphas, net.gammas, list(net.feedback_weights), list(net.skip_sources),
+            list(net.skip_targets), list(net.skip_factors), list(net.skip_weights), net.out_weight,
+            net.out_bias, targets,
             0.0 if sample_betas is not None else float(beta), sample_betas, list(aux.layers),
             list(aux.maps), list(aux.targets), list(aux.scales), float(aux.tau), SCHEDULE_CODES[schedule],
             int(steps), list(state))
@@ -244,7 +256,8 @@ def _check_like(op: str, name: str, t: torch.Tensor, like: torch.Tensor) -> None
 
 
 def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas, gammas,
-                 feedback_weights, out_weight, out_bias, targets, beta, sample_betas, aux_layers, aux_maps,
+                 feedback_weights, skip_sources, skip_targets, skip_factors, skip_weights, out_weight,
+                 out_bias, targets, beta, sample_betas, aux_layers, aux_maps,
                  aux_targets, aux_scales, aux_tau, schedule, steps, state) -> None:
     # Mutates `state` and returns nothing: tracing only needs the checks the kernel would make.
     n = len(weights)

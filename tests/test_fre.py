@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cases import Case, check_grads_match, check_states_match
 from conftest import rel_rms, require_backend
 from eqkern import CRNN, Conv, Linear, check_gdu, ep_gradients, settle
-from eqkern.backends import analytic, get_backend, reference
+from eqkern.backends import SKIP_BACKENDS, analytic, get_backend, reference
 from eqkern.backends.common import Phase
 from eqkern.presets import get_preset
 from eqkern.skips import SkipLink, random_skips, residual_skips
@@ -46,14 +46,27 @@ def test_random_topology_is_seeded_and_nontrivial():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-def test_torch_settle_matches_autograd_of_extended_phi(case, dtype):
-    check_states_match(case.build(dtype), "torch", f"{case.id} {dtype}")
+@pytest.mark.parametrize("backend", SKIP_BACKENDS[1:])
+def test_settle_matches_autograd_of_extended_phi(backend, case, dtype):
+    require_backend(backend)
+    check_states_match(case.build(dtype), backend, f"{backend} {case.id} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-def test_torch_ep_gradients_match_reference(case, dtype):
-    check_grads_match(case.build(dtype), "torch", "symmetric", f"{case.id} {dtype}")
+@pytest.mark.parametrize("backend", SKIP_BACKENDS[1:])
+def test_ep_gradients_match_reference(backend, case, dtype):
+    require_backend(backend)
+    check_grads_match(case.build(dtype), backend, "symmetric", f"{backend} {case.id} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
+def test_cpp_alternating_with_skips_matches_reference(case, dtype):
+    """A link may join two layers of one parity group: the C++ loop reads them all first."""
+    require_backend("cpp")
+    check_states_match(case.build(dtype), "cpp", f"cpp alternating {case.id} {dtype}",
+                       schedule="alternating")
 
 
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
@@ -210,11 +223,10 @@ def test_backend_capability_for_skip_models(monkeypatch):
     monkeypatch.delenv("EQKERN_BACKEND", raising=False)
     model = CRNN((8,), [Linear(5), Linear(4), Linear(3)], 2, skips=[(0, 2)])
     cpu = torch.device("cpu")
-    assert get_backend(None, cpu, model) is analytic  # the default falls back to torch
+    assert get_backend(None, cpu, model).__name__.split(".")[-1] in ("cpp", "analytic")  # the default
     assert get_backend("reference", cpu, model) is reference
-    for name in ("cpp", "triton"):
-        with pytest.raises(ValueError, match=f"{name}.*does not implement skip links"):
-            get_backend(name, cpu, model)
+    with pytest.raises(ValueError, match="triton.*does not implement skip links"):
+        get_backend("triton", cpu, model)
 
 
 def test_bad_input_names_the_argument():
@@ -252,9 +264,9 @@ def test_bad_input_names_the_argument():
         get_preset("frernn-mlp10-agt-mnist", skip_p=2.0)
 
 
-def test_skip_links_with_the_alternating_schedule_run_on_reference_only(monkeypatch):
-    """torch/cpp/triton have no skip terms in their alternating order: by name an error, by
-    default the reference backend (which takes the gradient of the whole extended Φ)."""
+def test_skip_links_with_the_alternating_schedule_refused_where_missing(monkeypatch):
+    """torch/triton have no skip terms in their alternating order: by name an error, by default
+    a backend that has them (reference: the gradient of the whole extended Φ, or cpp)."""
     from eqkern import settle
     from eqkern.backends import get_backend, reference
 
@@ -263,5 +275,6 @@ def test_skip_links_with_the_alternating_schedule_run_on_reference_only(monkeypa
     x = torch.randn(2, 8)
     with pytest.raises(ValueError, match="schedule='alternating'"):
         settle(model, x, model.init_state(2), 0.0, 2, backend="torch", schedule="alternating")
-    assert get_backend(None, torch.device("cpu"), model, schedule="alternating") is reference
-    assert get_backend(None, torch.device("cpu"), model).__name__.endswith("analytic")
+    assert get_backend(None, torch.device("cpu"), model, schedule="alternating").__name__.split(".")[-1] in (
+        "reference", "cpp")
+    assert get_backend(None, torch.device("cpu"), model).__name__.split(".")[-1] in ("cpp", "analytic")

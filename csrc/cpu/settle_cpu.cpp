@@ -162,6 +162,8 @@ void settle_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList bias
                 at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
                 at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
                 const c10::List<std::optional<at::Tensor>>& feedback_weights,
+                at::IntArrayRef skip_sources, at::IntArrayRef skip_targets, at::IntArrayRef skip_factors,
+                at::TensorList skip_weights,
                 const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
                 const std::optional<at::Tensor>& targets, double beta,
                 const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
@@ -169,10 +171,11 @@ void settle_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList bias
                 at::ArrayRef<double> aux_scales, double aux_tau, int64_t schedule, int64_t steps,
                 at::TensorList state) {
   TORCH_CHECK(x.device().is_cpu(), "eqkern.settle (CPU kernel): x is on ", x.device());
+  const SkipArgs skips{skip_sources, skip_targets, skip_factors, skip_weights};
   const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
                          aux_maps, aux_targets, aux_scales, aux_tau};
   settle_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights,
-              nudges, schedule, steps, state);
+              skips, nudges, schedule, steps, state);
 }
 
 void hebbian_update_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases,

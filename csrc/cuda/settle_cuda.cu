@@ -75,6 +75,8 @@ void settle_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList bia
                  at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
                  at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
                  const c10::List<std::optional<at::Tensor>>& feedback_weights,
+                 at::IntArrayRef skip_sources, at::IntArrayRef skip_targets, at::IntArrayRef skip_factors,
+                 at::TensorList skip_weights,
                  const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
                  const std::optional<at::Tensor>& targets, double beta,
                  const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
@@ -83,10 +85,11 @@ void settle_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList bia
                  at::TensorList state) {
   TORCH_CHECK(x.device().is_cuda(), "eqkern.settle (CUDA kernel): x is on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
+  const SkipArgs skips{skip_sources, skip_targets, skip_factors, skip_weights};
   const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
                          aux_maps, aux_targets, aux_scales, aux_tau};
   settle_loop(kCudaKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights,
-              nudges, schedule, steps, state);
+              skips, nudges, schedule, steps, state);
 }
 
 void hebbian_update_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases,

@@ -104,7 +104,7 @@ SCHEDULE_BACKENDS = ("reference", "torch", "cpp", "triton")
 # Backends whose nudge terms take a per-sample (batch,) β: the ±β phases as one batch of 2B.
 BATCHED_NUDGE_BACKENDS = ("reference", "torch", "cpp", "triton")
 # Backends whose settle step and update include the FRE-RNN skip links (eqkern.skips).
-SKIP_BACKENDS = ("reference", "torch")
+SKIP_BACKENDS = ("reference", "torch", "cpp")
 
 
 def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, tuple[str, ...]]]:
@@ -117,8 +117,8 @@ def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, 
     if model is not None and model.skips:
         reqs.append(("skip links", SKIP_BACKENDS))
     if schedule != "synchronous":
-        # the alternating drives of torch/triton have no skip terms: with skips, only reference
-        reqs.append((f"schedule={schedule!r}", ("reference",) if model is not None and model.skips
+        # the alternating drives of torch/triton have no skip terms: with skips, reference and cpp
+        reqs.append((f"schedule={schedule!r}", ("reference", "cpp") if model is not None and model.skips
                      else SCHEDULE_BACKENDS))
     if batched_nudge:
         reqs.append(("batched_nudge=True (a per-sample β in the nudge terms)", BATCHED_NUDGE_BACKENDS))

@@ -269,19 +269,17 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
             # halves before the GEMM. Half the FLOPs, and no fp32 cancellation between two large,
             # nearly equal terms.
             inputs, signed_out = x, a.state[0] - b.state[0]
-        gw, gb = connection_grads(model, i, inputs, signed_out)
+        gw, _ = connection_grads(model, i, inputs, signed_out)
+        # The bias term is Σ s_a − Σ s_b (unpooling moves values, it does not change their sum):
+        # subtract first, so that fp32 does not cancel two large, nearly equal sums.
+        diff = a.state[i] - b.state[i]
+        gb = diff.sum(0) if diff.dim() == 2 else diff.sum((0, 2, 3))
         grads += [gw * scale, gb * scale]
         inputs = torch.cat([a.state[i], b.state[i]])
     if model.out is not None:
         grads += _readout_grads(model, y, a, b)
     grads += _aux_grads(model, y, a, b)
-    for (i, j), link in zip(model.skips, model.skip_links):
-        # a_j a_iᵀ − b_j b_iᵀ = [(a_j − b_j)(a_i + b_i)ᵀ + (a_j + b_j)(a_i − b_i)ᵀ] / 2: the two
-        # phases' differences are taken before the products, so fp32 does not cancel two large,
-        # nearly equal sums (the same FLOPs as one product over the concatenated batch).
-        aj, bj, ai, bi = a.state[j], b.state[j], a.state[i], b.state[i]
-        g = link.weight_grad(aj - bj, ai + bi) + link.weight_grad(aj + bj, ai - bi)
-        grads.append(g * (0.5 * scale))
+    grads += _skip_grads(model, a, b, scale)
     params = model.ep_parameters()  # separate feedback weights: eqkern.asymmetric
     accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
 
@@ -305,6 +303,19 @@ def connection_grads(
         )
         return gw, gb
     return out.t() @ inputs.flatten(1), out.sum(0)
+
+
+def _skip_grads(model: CRNN, a: Phase, b: Phase, scale: float) -> list[torch.Tensor]:
+    """The skip links' maps ``R_ij``: ``scale · (a_j a_iᵀ − b_j b_iᵀ)`` summed over the batch."""
+    grads = []
+    for (i, j), link in zip(model.skips, model.skip_links):
+        # a_j a_iᵀ − b_j b_iᵀ = [(a_j − b_j)(a_i + b_i)ᵀ + (a_j + b_j)(a_i − b_i)ᵀ] / 2: the two
+        # phases' differences are taken before the products, so fp32 does not cancel two large,
+        # nearly equal sums (the same FLOPs as one product over the concatenated batch).
+        aj, bj, ai, bi = a.state[j], b.state[j], a.state[i], b.state[i]
+        g = link.weight_grad(aj - bj, ai + bi) + link.weight_grad(aj + bj, ai - bi)
+        grads.append(g * (0.5 * scale))
+    return grads
 
 
 def _readout_grads(model: CRNN, y, a: Phase, b: Phase) -> list[torch.Tensor]:

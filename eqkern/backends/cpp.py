@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..augment import LocalError, labels_of
 from ..model import CRNN
-from .analytic import _aux_grads
+from .analytic import _aux_grads, _skip_grads
 from .common import Phase, accumulate_grads
 
 
@@ -85,7 +85,9 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     net = ops.network_args(model)
     ops.hebbian_update(x, net, labels_of(y) if net.out_weight is not None else None, a.state, a.beta,
                        b.state, b.beta, [p.grad for p in params])
-    learned = [m.weight.requires_grad for m in model.aux]
-    if any(learned):
-        pairs = [(m.weight, g) for m, g, learn in zip(model.aux, _aux_grads(model, y, a, b), learned) if learn]
+    # the small maps outside the C++ op, as the torch backend computes them: LE/KDW, skip links
+    pairs = [(m.weight, g) for m, g in zip(model.aux, _aux_grads(model, y, a, b)) if m.weight.requires_grad]
+    scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
+    pairs += [(link.weight, g) for link, g in zip(model.skip_links, _skip_grads(model, a, b, scale))]
+    if pairs:
         accumulate_grads(*zip(*pairs))
