@@ -1,5 +1,5 @@
 """FRE-RNN on CPU: a skip-linked MLP (Liu & Chen's residual topology), a free phase and a training
-iteration (contrastive EP, ``rule="ep"``, and the ``rule="fre"`` update), ``torch`` next to ``reference`` in the
+iteration (contrastive EP, ``rule="ep"``, and the ``rule="fre"`` update), ``torch`` and ``cpp`` next to ``reference`` in the
 same run. Small sizes: ``pytest bench/bench_fre.py --benchmark-disable`` runs it as a smoke test.
 """
 
@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import record_env
+from conftest import record_env, require_provider
 from eqkern import CRNN, Linear, ep_gradients, settle
 from eqkern.skips import residual_skips
 
 # The only backends that implement skip links (eqkern.backends.SKIP_BACKENDS).
-PROVIDERS = ["reference", "torch"]
+PROVIDERS = ["reference", "torch", "cpp"]
 T_FREE, T_NUDGE = 20, 10
 
 
@@ -35,6 +35,7 @@ def fre_size(request):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_free_phase_skips(benchmark, provider, fre_size):
+    require_provider(provider)
     name, (model, x, _) = fre_size
     benchmark.group = f"fre-free-phase-{name}"
     benchmark.extra_info["steps"] = T_FREE
@@ -52,6 +53,7 @@ def test_free_phase_skips(benchmark, provider, fre_size):
 @pytest.mark.parametrize("rule", ["ep", "fre"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_training_iteration_skips(benchmark, provider, rule, fre_size):
+    require_provider(provider)
     """One-sided EP (free phase, one nudged phase) and the update of every parameter."""
     name, (model, x, y) = fre_size
     benchmark.group = f"fre-iteration-{name}-{rule}"
