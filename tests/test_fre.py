@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cases
 from cases import Case, check_grads_match, check_states_match
-from conftest import rel_rms, require_backend
+from conftest import rel_rms, require_backend, require_triton
 from eqkern import CRNN, Conv, Linear, check_gdu, ep_gradients, settle
-from eqkern.backends import SKIP_BACKENDS, analytic, get_backend, reference
+from eqkern.backends import analytic, get_backend, reference
 from eqkern.backends.common import Phase
 from eqkern.presets import get_preset
 from eqkern.skips import SkipLink, random_skips, residual_skips
@@ -46,7 +47,7 @@ def test_random_topology_is_seeded_and_nontrivial():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-@pytest.mark.parametrize("backend", SKIP_BACKENDS[1:])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_settle_matches_autograd_of_extended_phi(backend, case, dtype):
     require_backend(backend)
     check_states_match(case.build(dtype), backend, f"{backend} {case.id} {dtype}")
@@ -54,10 +55,24 @@ def test_settle_matches_autograd_of_extended_phi(backend, case, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-@pytest.mark.parametrize("backend", SKIP_BACKENDS[1:])
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_ep_gradients_match_reference(backend, case, dtype):
     require_backend(backend)
     check_grads_match(case.build(dtype), backend, "symmetric", f"{backend} {case.id} {dtype}")
+
+
+TRITON_SKIP_CASES = [SKIP_CASES[0], SKIP_CASES[2], SKIP_CASES[3]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", TRITON_SKIP_CASES, ids=[c.id for c in TRITON_SKIP_CASES])
+def test_triton_skips_match_reference(case, dtype, request, monkeypatch):
+    """States and gradients, short phases for the interpreter (see test_triton_backend.py)."""
+    require_triton(request)
+    monkeypatch.setattr(cases, "T_FREE", 4)
+    monkeypatch.setattr(cases, "T_NUDGE", 3)
+    check_states_match(case.build(dtype), "triton", f"triton {case.id} {dtype}")
+    check_grads_match(case.build(dtype), "triton", "symmetric", f"triton {case.id} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
@@ -225,8 +240,8 @@ def test_backend_capability_for_skip_models(monkeypatch):
     cpu = torch.device("cpu")
     assert get_backend(None, cpu, model).__name__.split(".")[-1] in ("cpp", "analytic")  # the default
     assert get_backend("reference", cpu, model) is reference
-    with pytest.raises(ValueError, match="triton.*does not implement skip links"):
-        get_backend("triton", cpu, model)
+    with pytest.raises(ValueError, match="triton.*does not implement schedule='alternating'"):
+        get_backend("triton", cpu, model, schedule="alternating")
 
 
 def test_bad_input_names_the_argument():

@@ -104,7 +104,7 @@ SCHEDULE_BACKENDS = ("reference", "torch", "cpp", "triton")
 # Backends whose nudge terms take a per-sample (batch,) β: the ±β phases as one batch of 2B.
 BATCHED_NUDGE_BACKENDS = ("reference", "torch", "cpp", "triton")
 # Backends whose settle step and update include the FRE-RNN skip links (eqkern.skips).
-SKIP_BACKENDS = ("reference", "torch", "cpp")
+SKIP_BACKENDS = ("reference", "torch", "cpp", "triton")
 
 
 def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, tuple[str, ...]]]:

@@ -97,13 +97,22 @@ def _settle_layer(
     idx: torch.Tensor | None,
     beta: float | torch.Tensor,
     y: torch.Tensor | None,
+    skip_up: dict[int, torch.Tensor] | None = None,
 ) -> None:
     """``state[i] ← ρ(α u + γ d + n)`` in one launch, ``d`` gathered from ``state[i+1]`` through
     ``idx`` (the pool indices of connection ``i+1`` at the old ``state[i]``; with separate
-    feedback, those of ``B_{i+1}``, computed here from the old ``state[i]``)."""
+    feedback, those of ``B_{i+1}``, computed here from the old ``state[i]``). Skip links
+    (``skip_up``: :meth:`CRNN.skip_drives` of the pre-step state): ``R s`` joins ``u`` (scaled by
+    α in the kernel) and ``γ·Rᵀ s_j`` joins the nudge (the kernel scales only ``d`` by γ)."""
     _, feedback_settle, _ = _kernels()
     s, spec = state[i], model.specs[i]
     nudge = model.layer_nudge(i, s, y, beta) if nudged(beta) else None  # reads the old s_i
+    if skip_up is not None:
+        if i in skip_up:
+            u = u + skip_up[i].view(u.shape)
+        down = model.skip_feedback(i, state)  # the layers above are still old here
+        if down is not None:
+            nudge = down * spec.gamma if nudge is None else nudge + down * spec.gamma
     if i + 1 < len(state):
         weight, padding, idx = _feedback(model, i + 1, s, idx)
         target = _as_input(model, i + 1, s)
@@ -138,13 +147,14 @@ def step_(
             _settle_layer(model, state, i, u, idx, beta, y)
         return
     u = input_drive
+    skip_up = model.skip_drives(state) if model.skips else None  # they read layers overwritten below
     for i in range(len(state)):
         # Layer i's forward conv (u_{i+1} and the pool indices) reads the old s_i: it runs before
         # the launch that overwrites it.
         u_next = idx = None
         if i + 1 < len(state):
             u_next, idx = drive(model, i + 1, state[i])
-        _settle_layer(model, state, i, u, idx, beta, y)
+        _settle_layer(model, state, i, u, idx, beta, y, skip_up)
         u = u_next
 
 
@@ -183,8 +193,8 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)``. Per layer one
     ``eqkern::hebbian_triton`` launch over both phases (weight and bias), after one
     ``forward_pool`` launch for the pool indices of each phase's own equilibrium (one for layer 0,
-    whose input ``x`` both phases share); the read-out and the LE/KDW maps get the analytic
-    backend's torch GEMMs.
+    whose input ``x`` both phases share); the read-out, the LE/KDW maps and the skip links get the
+    analytic backend's torch GEMMs.
     """
     _, _, hebbian = _kernels()
     scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
@@ -208,5 +218,6 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
     if model.out is not None:
         grads += analytic._readout_grads(model, y, a, b)
     grads += analytic._aux_grads(model, y, a, b)
+    grads += analytic._skip_grads(model, a, b, scale)
     params = model.ep_parameters()  # separate feedback weights: eqkern.asymmetric
     accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
