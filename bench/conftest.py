@@ -58,11 +58,16 @@ def size(request):
 
 
 def require_provider(name: str) -> None:
+    """As tests/conftest.py's require_backend: a provider CI builds must run; EQKERN_CPP=0 opts
+    out of cpp."""
     from eqkern.backends import unavailable_reason
 
     reason = unavailable_reason(name, torch.device("cpu"))
-    if reason is not None:
-        pytest.skip(f"{name}: {reason}")
+    if reason is None:
+        return
+    if name == "cpp" and os.environ.get("EQKERN_CPP") == "0":
+        pytest.skip("EQKERN_CPP=0: built without native code")
+    pytest.fail(f"provider {name} unavailable: {reason}")
 
 
 def record_env(benchmark) -> None:

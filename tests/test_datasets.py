@@ -44,7 +44,6 @@ def test_limits_and_dtype():
     assert torch.bincount(d.y_train, minlength=10).tolist() == [5] * 10
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_file(), reason="shared/data/mnist.npz not available")
 def test_subset_equals_source_images(subset):
     """Recompute the selection from the full MNIST file, independently of the build script."""
     with np.load(SHARED_MNIST, allow_pickle=False) as full:
@@ -109,7 +108,8 @@ def test_torchvision_cifar_layout(tmp_path, monkeypatch):
     """CIFAR-10 in torchvision's extracted-pickle layout, used when the npz is absent."""
     import pickle
 
-    tvd = pytest.importorskip("torchvision.datasets")
+    import torchvision.datasets as tvd
+
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
