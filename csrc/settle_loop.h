@@ -57,4 +57,36 @@ void hebbian_update_loop(const DeviceKernels& k, const at::Tensor& x, at::Tensor
                          const std::optional<at::Tensor>& targets, at::TensorList state_a,
                          double beta_a, at::TensorList state_b, double beta_b, at::TensorList grads);
 
+// The op entry points a device registers with TORCH_LIBRARY_IMPL: `Scope(x, op)` checks x's device
+// (and, on CUDA, holds the device guard for the whole call), `K` holds the device's fused passes.
+template <const DeviceKernels& K, typename Scope>
+void settle_op(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::IntArrayRef kinds,
+               at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
+               at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
+               const c10::List<std::optional<at::Tensor>>& feedback_weights, at::IntArrayRef skip_sources,
+               at::IntArrayRef skip_targets, at::IntArrayRef skip_factors, at::TensorList skip_weights,
+               const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
+               const std::optional<at::Tensor>& targets, double beta, const std::optional<at::Tensor>& sample_betas,
+               at::IntArrayRef aux_layers, const c10::List<std::optional<at::Tensor>>& aux_maps,
+               at::TensorList aux_targets, at::ArrayRef<double> aux_scales, double aux_tau, int64_t schedule,
+               int64_t steps, at::TensorList state) {
+  const Scope scope(x, "eqkern.settle");
+  const SkipArgs skips{skip_sources, skip_targets, skip_factors, skip_weights};
+  const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
+                         aux_maps, aux_targets, aux_scales, aux_tau};
+  settle_loop(K, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights, skips,
+              nudges, schedule, steps, state);
+}
+
+template <const DeviceKernels& K, typename Scope>
+void hebbian_update_op(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::IntArrayRef kinds,
+                       at::IntArrayRef paddings, at::IntArrayRef pools, const std::optional<at::Tensor>& out_weight,
+                       const std::optional<at::Tensor>& out_bias, const std::optional<at::Tensor>& targets,
+                       at::TensorList state_a, double beta_a, at::TensorList state_b, double beta_b,
+                       at::TensorList grads) {
+  const Scope scope(x, "eqkern.hebbian_update");
+  hebbian_update_loop(K, x, weights, biases, kinds, paddings, pools, out_weight, out_bias, targets, state_a, beta_a,
+                      state_b, beta_b, grads);
+}
+
 }  // namespace eqkern

@@ -158,41 +158,17 @@ namespace {
 
 const DeviceKernels kCpuKernels{&settle_epilogue_dense_cpu, &pool_unpool_cpu};
 
-void settle_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::IntArrayRef kinds,
-                at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
-                at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
-                const c10::List<std::optional<at::Tensor>>& feedback_weights,
-                at::IntArrayRef skip_sources, at::IntArrayRef skip_targets, at::IntArrayRef skip_factors,
-                at::TensorList skip_weights,
-                const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
-                const std::optional<at::Tensor>& targets, double beta,
-                const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
-                const c10::List<std::optional<at::Tensor>>& aux_maps, at::TensorList aux_targets,
-                at::ArrayRef<double> aux_scales, double aux_tau, int64_t schedule, int64_t steps,
-                at::TensorList state) {
-  TORCH_CHECK(x.device().is_cpu(), "eqkern.settle (CPU kernel): x is on ", x.device());
-  const SkipArgs skips{skip_sources, skip_targets, skip_factors, skip_weights};
-  const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
-                         aux_maps, aux_targets, aux_scales, aux_tau};
-  settle_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights,
-              skips, nudges, schedule, steps, state);
-}
-
-void hebbian_update_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-                        at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
-                        const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
-                        const std::optional<at::Tensor>& targets, at::TensorList state_a, double beta_a,
-                        at::TensorList state_b, double beta_b, at::TensorList grads) {
-  TORCH_CHECK(x.device().is_cpu(), "eqkern.hebbian_update (CPU kernel): x is on ", x.device());
-  hebbian_update_loop(kCpuKernels, x, weights, biases, kinds, paddings, pools, out_weight, out_bias, targets,
-                      state_a, beta_a, state_b, beta_b, grads);
-}
+struct CpuScope {
+  CpuScope(const at::Tensor& x, const char* op) {
+    TORCH_CHECK(x.device().is_cpu(), op, " (CPU kernel): x is on ", x.device());
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(eqkern, CPU, m) {
-  m.impl("settle", &settle_cpu);
-  m.impl("hebbian_update", &hebbian_update_cpu);
+  m.impl("settle", &settle_op<kCpuKernels, CpuScope>);
+  m.impl("hebbian_update", &hebbian_update_op<kCpuKernels, CpuScope>);
 }
 
 }  // namespace eqkern

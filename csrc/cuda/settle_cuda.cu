@@ -71,43 +71,22 @@ void pool_unpool_cuda(const at::Tensor& pre, at::Tensor* u, at::Tensor* unp, con
 
 const DeviceKernels kCudaKernels{&epilogue_dense_cuda, &pool_unpool_cuda};
 
-void settle_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases, at::IntArrayRef kinds,
-                 at::IntArrayRef paddings, at::IntArrayRef pools, at::IntArrayRef activations,
-                 at::ArrayRef<double> alphas, at::ArrayRef<double> gammas,
-                 const c10::List<std::optional<at::Tensor>>& feedback_weights,
-                 at::IntArrayRef skip_sources, at::IntArrayRef skip_targets, at::IntArrayRef skip_factors,
-                 at::TensorList skip_weights,
-                 const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
-                 const std::optional<at::Tensor>& targets, double beta,
-                 const std::optional<at::Tensor>& sample_betas, at::IntArrayRef aux_layers,
-                 const c10::List<std::optional<at::Tensor>>& aux_maps, at::TensorList aux_targets,
-                 at::ArrayRef<double> aux_scales, double aux_tau, int64_t schedule, int64_t steps,
-                 at::TensorList state) {
-  TORCH_CHECK(x.device().is_cuda(), "eqkern.settle (CUDA kernel): x is on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  const SkipArgs skips{skip_sources, skip_targets, skip_factors, skip_weights};
-  const NudgeArgs nudges{out_weight, out_bias, targets, beta, sample_betas, aux_layers,
-                         aux_maps, aux_targets, aux_scales, aux_tau};
-  settle_loop(kCudaKernels, x, weights, biases, kinds, paddings, pools, activations, alphas, gammas, feedback_weights,
-              skips, nudges, schedule, steps, state);
+const at::Tensor& on_cuda(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cuda(), op, " (CUDA kernel): x is on ", x.device());
+  return x;
 }
 
-void hebbian_update_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-                         at::IntArrayRef kinds, at::IntArrayRef paddings, at::IntArrayRef pools,
-                         const std::optional<at::Tensor>& out_weight, const std::optional<at::Tensor>& out_bias,
-                         const std::optional<at::Tensor>& targets, at::TensorList state_a, double beta_a,
-                         at::TensorList state_b, double beta_b, at::TensorList grads) {
-  TORCH_CHECK(x.device().is_cuda(), "eqkern.hebbian_update (CUDA kernel): x is on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  hebbian_update_loop(kCudaKernels, x, weights, biases, kinds, paddings, pools, out_weight, out_bias, targets,
-                      state_a, beta_a, state_b, beta_b, grads);
-}
+// The device check, then x's device current for the whole call.
+struct CudaScope {
+  CudaScope(const at::Tensor& x, const char* op) : guard(on_cuda(x, op).device()) {}
+  const c10::cuda::CUDAGuard guard;
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(eqkern, CUDA, m) {
-  m.impl("settle", &settle_cuda);
-  m.impl("hebbian_update", &hebbian_update_cuda);
+  m.impl("settle", &settle_op<kCudaKernels, CudaScope>);
+  m.impl("hebbian_update", &hebbian_update_op<kCudaKernels, CudaScope>);
 }
 
 }  // namespace eqkern
