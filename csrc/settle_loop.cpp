@@ -207,7 +207,7 @@ class SettleRun {
           d = lay_.make(conv_transposed(unp_buf_[j], w_[j], paddings_[j]));
         } else {
           u_next = pooled(j, forward(j));
-          d = top_down(i, Tensor());
+          d = top_down(i);
         }
       }
       epilogue(i, u, d);
@@ -228,7 +228,7 @@ class SettleRun {
       }
       for (size_t i = parity; i < n_; i += 2) {
         const Tensor u = bottom_up(i);
-        const Tensor d = top_down(i, Tensor());
+        const Tensor d = top_down(i);
         epilogue(i, u, d);
         if (i + 1 < n_) pre_[i + 1] = Tensor();  // its input s_i changed
       }
@@ -272,9 +272,10 @@ class SettleRun {
   Tensor bottom_up(size_t i) { return i == 0 ? u0_ : pooled(i, cached_forward(i)); }
 
   // d_i = conv_transpose(unpool(s_{i+1}, argmax), F_{i+1}) (F_{i+1}^T s_{i+1} for FC) from the
-  // current states; F = W (symmetric, the argmax of W_{i+1} * s_i + b: `pre` if the caller has it)
-  // or the feedback weight B (the argmax of B_{i+1} * s_i, Laborieux App. D.3).
-  Tensor top_down(size_t i, const Tensor& pre) {
+  // current states; F = W (symmetric, the argmax of W_{i+1} * s_i + b, kept in pre_: only the
+  // alternating step gets here for a symmetric pooled conv, the synchronous one fuses it) or the
+  // feedback weight B (the argmax of B_{i+1} * s_i, Laborieux App. D.3).
+  Tensor top_down(size_t i) {
     if (i + 1 >= n_) return Tensor();
     const size_t j = i + 1;
     const Tensor& f = separate_ ? fb_w_[j] : w_[j];
@@ -282,7 +283,7 @@ class SettleRun {
     Tensor fb = work_[j];
     if (pools_[j]) {
       const Tensor argmax_of = separate_ ? lay_.make(conv_forward(work_[i], f, std::nullopt, paddings_[j]))
-                               : pre.defined() ? pre : cached_forward(j);
+                                           : cached_forward(j);
       ensure_pool_buffers(j, argmax_of);
       k_.pool_unpool(argmax_of, nullptr, &unp_buf_[j], &work_[j], nullptr, 1.0);
       fb = unp_buf_[j];

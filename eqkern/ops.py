@@ -207,7 +207,8 @@ def settle(
     args = settle_op_args(x, net, state, beta, steps, targets, aux, schedule)
     _check_devices("settle", x, [(f"weights[{i}]", w) for i, w in enumerate(net.weights)]
                    + [(f"state[{i}]", s) for i, s in enumerate(state)]
-                   + [("out_weight", net.out_weight), ("targets", targets), ("beta", args[18])]
+                   + [("out_weight", net.out_weight), ("targets", targets),
+                      ("beta", beta if isinstance(beta, torch.Tensor) else None)]
                    + [(f"aux_targets[{k}]", t) for k, t in enumerate(aux.targets)])
     torch.ops.eqkern.settle.default(*args)
 
