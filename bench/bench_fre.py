@@ -12,7 +12,6 @@ from conftest import record_env, require_provider
 from eqkern import CRNN, Linear, ep_gradients, settle
 from eqkern.skips import residual_skips
 
-# The only backends that implement skip links (eqkern.backends.SKIP_BACKENDS).
 PROVIDERS = ["reference", "torch", "cpp"]
 T_FREE, T_NUDGE = 20, 10
 

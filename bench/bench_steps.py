@@ -13,11 +13,10 @@ import torch
 
 from conftest import record_env, require_provider
 from eqkern import ep_gradients, settle
-from eqkern.backends import BATCHED_NUDGE_BACKENDS, SCHEDULE_BACKENDS
 
 # triton needs a GPU to be fast (on CPU it runs in the interpreter): only the CPU providers here.
-PROVIDERS = [p for p in ("reference", "torch") if p in SCHEDULE_BACKENDS]
-NUDGE_PROVIDERS = [p for p in ("reference", "torch") if p in BATCHED_NUDGE_BACKENDS]
+PROVIDERS = ["reference", "torch", "cpp"]
+NUDGE_PROVIDERS = PROVIDERS
 
 # A free phase from the zero state: at most FREE_CAP steps; the stop checks every CHECK_EVERY
 # steps against TOL (a network at init settles within a few tens of steps to 1e-4).

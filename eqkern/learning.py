@@ -79,7 +79,7 @@ def ep_gradients(
     checked every ``check_every`` steps; ``t_free`` and ``t_nudge`` are then caps.
     ``batched_nudge`` (symmetric only; the other estimators have one nudged phase): run the
     ``+β`` and ``−β`` phases as one batch of ``2·batch`` with a per-sample β, one set of backend
-    calls for both (backends of ``eqkern.backends.BATCHED_NUDGE_BACKENDS``); with ``tol`` the
+    calls for both; with ``tol`` the
     pair stops when neither half moves by ``tol`` any more.
     ``rule="fre"`` replaces the contrastive update by FRE-RNN's ``ΔW_i = ds_{i+1} (s_i^0)ᵀ``
     (no ``1/β``, read-out at the free state; :mod:`eqkern.fre`) on the same phases.
@@ -102,7 +102,7 @@ def ep_gradients(
     rule = resolve_rule(model, rule, leakage)
     check_stop_args(tol, check_every)
     batched = batched_nudge and estimator == "symmetric"
-    be = get_backend(backend, x.device, model, schedule=schedule, batched_nudge=batched)
+    be = get_backend(backend, x.device, model, schedule=schedule)
     batch = x.shape[0]
     nominal = beta
     if estimator == "random_sign":

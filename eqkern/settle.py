@@ -58,15 +58,14 @@ def settle(
         model: the CRNN.
         x: ``(batch, *model.input_shape)``, clamped input.
         state: one ``(batch, *model.state_shapes[i])`` tensor per state layer; updated in place.
-        beta: nudging strength (0 for the free phase), or a per-sample ``(batch,)`` tensor
-            (backends of ``eqkern.backends.BATCHED_NUDGE_BACKENDS``).
+        beta: nudging strength (0 for the free phase), or a per-sample ``(batch,)`` tensor.
         steps: number of steps (the cap when ``tol`` is given).
         targets: ``(batch,)`` class ids; needed when ``beta != 0``.
         backend: ``"reference"``, ``"torch"``, ``"cpp"``, ``"triton"``; default ``$EQKERN_BACKEND``
             or the fastest.
         schedule: ``"synchronous"`` (every layer from the same state) or ``"alternating"`` (even
-            layers 0, 2, … first, then the odd ones from the new even ones; backends of
-            ``eqkern.backends.SCHEDULE_BACKENDS``).
+            layers 0, 2, … first, then the odd ones from the new even ones; with skip links only
+            on ``eqkern.backends.ALTERNATING_SKIP_BACKENDS``).
         tol: stop early once the largest absolute change of one step (over layers and elements)
             is below ``tol``, checked every ``check_every`` steps (one host sync per check).
         return_steps: also return the number of steps run.
@@ -78,8 +77,7 @@ def settle(
     check_phase_args(model, x, beta, steps, targets)
     check_stop_args(tol, check_every)
     model.check_state(state, x.shape[0])
-    be = get_backend(backend, x.device, model, schedule=schedule,
-                     batched_nudge=isinstance(beta, torch.Tensor))
+    be = get_backend(backend, x.device, model, schedule=schedule)
     used = run_phase(be, model, x, state, beta, steps, targets, schedule=schedule, tol=tol,
                      check_every=check_every)
     return (state, used) if return_steps else state

@@ -240,7 +240,7 @@ def test_backend_capability_for_skip_models(monkeypatch):
     cpu = torch.device("cpu")
     assert get_backend(None, cpu, model).__name__.split(".")[-1] in ("cpp", "analytic")  # the default
     assert get_backend("reference", cpu, model) is reference
-    with pytest.raises(ValueError, match="triton.*does not implement schedule='alternating'"):
+    with pytest.raises(ValueError, match="triton.*does not implement skip links with schedule='alternating'"):
         get_backend("triton", cpu, model, schedule="alternating")
 
 

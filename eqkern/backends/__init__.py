@@ -1,9 +1,8 @@
 """Backend registry and selection (SPEC §4).
 
 A backend is a module with ``settle(model, x, state, beta, steps, y, schedule="synchronous")`` and
-``hebbian_update(model, x, y, phase_a, phase_b)``; the backends of ``SCHEDULE_BACKENDS`` take
-``schedule="alternating"``, those of ``BATCHED_NUDGE_BACKENDS`` a per-sample ``(batch,)`` β. ``backend=`` arguments and the ``EQKERN_BACKEND``
-environment variable pick one by name; without either, the fastest available on the device is
+``hebbian_update(model, x, y, phase_a, phase_b)``; ``beta`` may be a per-sample ``(batch,)``
+tensor. ``backend=`` arguments and the ``EQKERN_BACKEND`` environment variable pick one by name; without either, the fastest available on the device is
 used and the choice is logged once.
 """
 
@@ -95,34 +94,10 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
     return name
 
 
-# Backends whose settle step and update include the LE/KD(W) nudge terms (eqkern.augment).
-AUGMENT_BACKENDS = ("reference", "torch", "cpp", "triton")
-# Backends whose settle step uses separate feedback weights B_l (CRNN(feedback="separate")).
-ASYMMETRIC_BACKENDS = ("reference", "torch", "cpp", "triton")
-# Backends whose settle takes schedule="alternating" (even layers, then odd ones; SPEC §1).
-SCHEDULE_BACKENDS = ("reference", "torch", "cpp", "triton")
-# Backends whose nudge terms take a per-sample (batch,) β: the ±β phases as one batch of 2B.
-BATCHED_NUDGE_BACKENDS = ("reference", "torch", "cpp", "triton")
-# Backends whose settle step and update include the FRE-RNN skip links (eqkern.skips).
-SKIP_BACKENDS = ("reference", "torch", "cpp", "triton")
-
-
-def _requirements(model, schedule: str, batched_nudge: bool) -> list[tuple[str, tuple[str, ...]]]:
-    """``(feature, backends that implement it)`` for each feature asked for that not all have."""
-    reqs = []
-    if model is not None and model.augment is not None:
-        reqs.append(("the LE/KD nudge terms", AUGMENT_BACKENDS))
-    if model is not None and model.separate_feedback:
-        reqs.append(("separate feedback weights (feedback='separate')", ASYMMETRIC_BACKENDS))
-    if model is not None and model.skips:
-        reqs.append(("skip links", SKIP_BACKENDS))
-    if schedule != "synchronous":
-        # the alternating drives of torch/triton have no skip terms: with skips, reference and cpp
-        reqs.append((f"schedule={schedule!r}", ("reference", "cpp") if model is not None and model.skips
-                     else SCHEDULE_BACKENDS))
-    if batched_nudge:
-        reqs.append(("batched_nudge=True (a per-sample β in the nudge terms)", BATCHED_NUDGE_BACKENDS))
-    return reqs
+# Every backend runs every model feature and option (LE/KD(W), separate feedback weights, skip
+# links, the alternating schedule, a per-sample β) but one pair: skip links in the alternating
+# order, which only these have (the alternating drives of torch and triton carry no skip terms).
+ALTERNATING_SKIP_BACKENDS = ("cpp", "reference")
 
 
 def backend_name(module: ModuleType) -> str:
@@ -136,29 +111,25 @@ def get_backend(
     model=None,
     *,
     schedule: str = "synchronous",
-    batched_nudge: bool = False,
 ) -> ModuleType:
     """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
 
-    A model feature or option that not every backend has (LE/KD: ``AUGMENT_BACKENDS``, separate
-    feedback: ``ASYMMETRIC_BACKENDS``, skip links: ``SKIP_BACKENDS``, the alternating ``schedule``:
-    ``SCHEDULE_BACKENDS``, a per-sample β (``batched_nudge``): ``BATCHED_NUDGE_BACKENDS``) runs on
-    those backends only: asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError,
-    the default falls back to ``torch`` (``reference`` for what only it has).
+    A model with skip links on the alternating schedule runs on ``ALTERNATING_SKIP_BACKENDS``
+    only: asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError, the default
+    falls back to the first of them that is available.
     """
     from .common import SCHEDULES
 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
     chosen = resolve_backend(name, device)
-    reqs = _requirements(model, schedule, batched_nudge)
-    for what, backends in reqs:
-        if chosen not in backends and (name or os.environ.get("EQKERN_BACKEND")):
-            raise ValueError(f"backend {chosen!r} does not implement {what} yet; "
-                             f"use one of {backends}")
-    allowed = [b for b in ("torch", *BACKENDS) if all(b in backends for _, backends in reqs)]
-    if chosen not in allowed:
-        logger.debug("eqkern: the default backend %r does not implement %s: using %r", chosen,
-                     ", ".join(what for what, backends in reqs if chosen not in backends), allowed[0])
-        chosen = allowed[0]
-    return BACKENDS[chosen]
+    if (model is None or not model.skips or schedule == "synchronous"
+            or chosen in ALTERNATING_SKIP_BACKENDS):
+        return BACKENDS[chosen]
+    if name or os.environ.get("EQKERN_BACKEND"):
+        raise ValueError(f"backend {chosen!r} does not implement skip links with "
+                         f"schedule={schedule!r} yet; use one of {ALTERNATING_SKIP_BACKENDS}")
+    fallback = next(b for b in ALTERNATING_SKIP_BACKENDS if unavailable_reason(b, device) is None)
+    logger.debug("eqkern: the default backend %r has no skip links with schedule=%r: using %r",
+                 chosen, schedule, fallback)
+    return BACKENDS[fallback]
