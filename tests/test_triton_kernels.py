@@ -19,7 +19,7 @@ from eqkern.activations import ACTIVATION_CODES
 try:  # without triton every test below fails through require_backend, with the import error
     from eqkern.triton.feedback_settle import feedback_settle_ref, feedback_settle_triton
     from eqkern.triton.forward_pool import forward_pool_ref, forward_pool_triton
-    from eqkern.triton.hebbian import hebbian_fwd, hebbian_ref, hebbian_triton
+    from eqkern.triton.hebbian import hebbian_ref, hebbian_triton
 except ImportError:
     pass
 
@@ -159,7 +159,7 @@ def test_hebbian(name, dtype, split):
     yb, ib = forward_pool_ref(in_b.double(), weight, zeros, pad, pool)
     out_a, out_b = torch.rand_like(ya).to(dtype), torch.rand_like(yb).to(dtype)
     ia, ib = (ia, ib) if pool else (None, None)
-    gw, gb = hebbian_fwd(in_a, in_b, out_a, out_b, ia, ib, k, pad, -0.37, same, split=split)
+    gw, gb = hebbian_triton(in_a, in_b, out_a, out_b, ia, ib, k, pad, -0.37, same, split=split)
     gw_ref, gb_ref = hebbian_ref(in_a.double(), in_b.double(), out_a.double(), out_b.double(),
                                  ia, ib, k, pad, -0.37)
     e_w, e_b = rel_rms(gw_ref, gw), rel_rms(gb_ref, gb)

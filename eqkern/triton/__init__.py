@@ -5,8 +5,9 @@
   the layer update ``s ← ρ(α·u + γ·d + n)``, in place;
 * :mod:`.hebbian`: ``eqkern::hebbian_triton``, the contrastive weight and bias gradient of a layer.
 
-Each module holds the ``@triton.jit`` kernel, its launcher ``<op>_fwd``, the ``torch.library``
-custom op (with ``register_fake``) and the ATen ``<op>_ref`` the tests compare against.
+Each module holds the ``@triton.jit`` kernel, the ``torch.library`` custom op that checks its
+arguments and launches it (with ``register_fake``), and the ATen ``<op>_ref`` the tests compare
+against.
 
 ``python -m eqkern.triton.compile_check`` (with ``TRITON_INTERPRET=0``) compiles every kernel for
 sm_90 without a GPU and reports registers and spills.

@@ -95,7 +95,8 @@ def _feedback_settle_kernel(
     tl.store(S_ptr + offs, v.to(S_ptr.dtype.element_ty), mask=mask)
 
 
-def feedback_settle_fwd(
+@torch.library.custom_op("eqkern::feedback_settle_triton", mutates_args=("state",))
+def feedback_settle_triton(
     state: torch.Tensor,
     u: torch.Tensor,
     nudge: torch.Tensor | None,
@@ -107,7 +108,8 @@ def feedback_settle_fwd(
     gamma: float,
     activation: int,
 ) -> None:
-    """Launch :func:`_feedback_settle_kernel` over ``state`` (4-D, contiguous, overwritten)."""
+    """``state ← ρ(α·u + γ·conv_transpose(unpool(s_up, idx), W) + nudge)`` in place, by one launch
+    of :func:`_feedback_settle_kernel` (``state``: 4-D, contiguous; see the module docstring)."""
     check_dtype("state", state)
     if state.dim() != 4 or not state.is_contiguous():
         raise ValueError(f"feedback_settle: state must be a contiguous 4-D tensor, got "
@@ -150,23 +152,6 @@ def feedback_settle_fwd(
         PRECISION=dot_precision(state.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS,
     )
-
-
-@torch.library.custom_op("eqkern::feedback_settle_triton", mutates_args=("state",))
-def feedback_settle_triton(
-    state: torch.Tensor,
-    u: torch.Tensor,
-    nudge: torch.Tensor | None,
-    s_up: torch.Tensor | None,
-    idx: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    padding: int,
-    alpha: float,
-    gamma: float,
-    activation: int,
-) -> None:
-    """``state ← ρ(α·u + γ·conv_transpose(unpool(s_up, idx), W) + nudge)`` in place (see module)."""
-    feedback_settle_fwd(state, u, nudge, s_up, idx, weight, padding, alpha, gamma, activation)
 
 
 # A custom op that returns None and only mutates its arguments gets a trivial fake impl.

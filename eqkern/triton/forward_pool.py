@@ -121,10 +121,12 @@ def out_shape(x_shape, w_shape, padding: int, pool: bool) -> tuple[int, int, int
     return bsz, co, ho, wo, hp, wp
 
 
-def forward_pool_fwd(
+@torch.library.custom_op("eqkern::forward_pool_triton", mutates_args=())
+def forward_pool_triton(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, pool: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch :func:`_forward_pool_kernel`; returns ``(y, idx)`` (``idx`` empty without pool).
+    """``(P(W * x + b), arg-max indices)`` (``idx`` empty without pool), by one launch of
+    :func:`_forward_pool_kernel`; see the module docstring for shapes.
 
     One program per ``BLOCK_M × BLOCK_N`` output tile (see :func:`gemm_blocks`); with a pool, on a
     GPU, 32 pooled rows (128 conv outputs in four accumulators; 16 in fp64) keep the registers in
@@ -158,14 +160,6 @@ def forward_pool_fwd(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS,
     )
     return y, idx
-
-
-@torch.library.custom_op("eqkern::forward_pool_triton", mutates_args=())
-def forward_pool_triton(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, pool: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P(W * x + b), arg-max indices)``; see the module docstring for shapes."""
-    return forward_pool_fwd(x, weight, bias, padding, pool)
 
 
 @forward_pool_triton.register_fake

@@ -124,7 +124,8 @@ def _hebbian_kernel(
         tl.store(GB_ptr + offs_n, bacc * scale, mask=gb_mask)
 
 
-def hebbian_fwd(
+@torch.library.custom_op("eqkern::hebbian_triton", mutates_args=())
+def hebbian_triton(
     in_a: torch.Tensor,
     in_b: torch.Tensor,
     out_a: torch.Tensor,
@@ -137,7 +138,8 @@ def hebbian_fwd(
     same_input: bool,
     split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch :func:`_hebbian_kernel`; returns ``(gW, gb)`` (see the module docstring).
+    """``(gW, gb)`` of one conv connection over both phases, by one launch of
+    :func:`_hebbian_kernel` (see the module docstring).
 
     ``split``: programs along the reduction (atomics when > 1); default 1 in the interpreter, and
     on a GPU enough to give about 264 programs. The tests force it to cover the atomic path.
@@ -191,25 +193,8 @@ def hebbian_fwd(
     return gw.to(in_a.dtype), gb.to(in_a.dtype)
 
 
-@torch.library.custom_op("eqkern::hebbian_triton", mutates_args=())
-def hebbian_triton(
-    in_a: torch.Tensor,
-    in_b: torch.Tensor,
-    out_a: torch.Tensor,
-    out_b: torch.Tensor,
-    idx_a: torch.Tensor | None,
-    idx_b: torch.Tensor | None,
-    kernel_size: int,
-    padding: int,
-    scale: float,
-    same_input: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(gW, gb)`` of one conv connection over both phases (see the module docstring)."""
-    return hebbian_fwd(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_input)
-
-
 @hebbian_triton.register_fake
-def _(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_input):
+def _(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_input, split=None):
     torch._check(in_a.dim() == 4 and out_a.dim() == 4, lambda: "hebbian: 4-D inputs and outputs")
     co, c = out_a.shape[1], in_a.shape[1]
     return in_a.new_empty((co, c, kernel_size, kernel_size)), in_a.new_empty((co,))
