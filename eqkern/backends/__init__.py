@@ -22,16 +22,12 @@ logger = logging.getLogger("eqkern")
 
 BACKENDS: dict[str, ModuleType] = {"reference": reference, "torch": analytic, "cpp": cpp,
                                    "triton": triton_backend}
-# Known but not implemented yet: named here so that asking for them gives a precise error.
-PLANNED: dict[str, str] = {}
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
     """Why backend ``name`` cannot run on ``device``, or ``None`` if it can."""
-    if name in PLANNED:
-        return PLANNED[name]
     if name not in BACKENDS:
-        return f"unknown backend {name!r}; known: {sorted(BACKENDS) + sorted(PLANNED)}"
+        return f"unknown backend {name!r}; known: {sorted(BACKENDS)}"
     if name == "cpp":
         from .. import _build
 
