@@ -110,8 +110,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                     resume=args.resume, device=args.device, progress=not args.no_progress)
     if res.history:
         best = max(res.test_acc)
-        print(f"final test accuracy {res.test_acc[-1]:.2f} % (best {best:.2f} %); metrics "
-              f"{out}/metrics.jsonl, curves {out}/curves.png")
+        minutes = sum(res.seconds) / 60  # training + evaluation of every epoch, resumed ones too
+        print(f"final test accuracy {res.test_acc[-1]:.2f} % (best {best:.2f} %) after "
+              f"{len(res.history)} epochs, {minutes:.1f} min; metrics {out}/metrics.jsonl, "
+              f"curves {out}/curves.png")
     return 0
 
 
