@@ -52,8 +52,8 @@ def test_free_phase_skips(benchmark, provider, fre_size):
 @pytest.mark.parametrize("rule", ["ep", "fre"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_training_iteration_skips(benchmark, provider, rule, fre_size):
-    require_provider(provider)
     """One-sided EP (free phase, one nudged phase) and the update of every parameter."""
+    require_provider(provider)
     name, (model, x, y) = fre_size
     benchmark.group = f"fre-iteration-{name}-{rule}"
     benchmark.extra_info.update(t_free=T_FREE, t_nudge=T_NUDGE, rule=rule)
