@@ -74,7 +74,7 @@ else:
               "(sm_90, H100/H200); set TORCH_CUDA_ARCH_LIST to target other GPUs")
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern)))  # noqa: E731
-    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    sources = rel("csrc/*.cpp") + rel("csrc/loop/*.cpp") + rel("csrc/cpu/*.cpp")
     if use_cuda:  # compile_check.cu is the nvcc-only CI gate, not part of the extension
         sources += [s for s in rel("csrc/cuda/*.cu") if not s.endswith("compile_check.cu")]
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]

@@ -8,7 +8,7 @@ import torch
 
 from conftest import PROVIDERS, record_env, require_provider
 from eqkern import CRNN, settle
-from eqkern.augment import LocalError
+from eqkern.model.auxiliary import LocalError
 
 NUDGE_STEPS = 5
 

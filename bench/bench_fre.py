@@ -10,7 +10,7 @@ import torch
 
 from conftest import record_env, require_provider
 from eqkern import CRNN, Linear, ep_gradients, settle
-from eqkern.skips import residual_skips
+from eqkern.model.skips import residual_skips
 
 PROVIDERS = ["reference", "torch", "cpp"]
 T_FREE, T_NUDGE = 20, 10

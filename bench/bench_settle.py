@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import PROVIDERS, record_env, require_provider
 from eqkern import bptt_gradients, ep_gradients, settle
 from eqkern.backends import get_backend
-from eqkern.backends.common import Phase
+from eqkern.backends.base import Phase
 
 
 # The "conv floor" of one step: the convolutions a step must run and nothing else (the forward conv

@@ -24,7 +24,7 @@ import torch
 from conftest import SIZES
 from eqkern import CRNN, Conv, settle
 from eqkern.backends import get_backend, unavailable_reason
-from eqkern.backends.common import Phase
+from eqkern.backends.base import Phase
 
 PROVIDERS = ["reference", "torch", "cpp", "triton"]
 PHASE_STEPS = 5

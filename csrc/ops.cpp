@@ -20,22 +20,22 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(eqkern, m) {
   // Fake (meta) kernels live in eqkern/ops.py; this tells torch where to import them from.
-  m.set_python_module("eqkern.ops");
+  m.set_python_module("eqkern.kernels.ops");
   // Fused epilogue of one neuron update: state <- rho(alpha*bottom_up + gamma*top_down + nudge),
   // elementwise and in place; `activation` is a code of eqkern/activations.py ACTIVATION_CODES.
   m.def(
       "settle_epilogue_(Tensor(a!) state, Tensor bottom_up, Tensor? top_down, Tensor? nudge, "
       "float alpha, float gamma, int activation) -> ()");
-  // The whole settling loop of a network, in place on `state` (csrc/settle_loop.cpp). Layer i:
+  // The whole settling loop of a network, in place on `state` (csrc/loop/settle_loop.cpp). Layer i:
   // kinds[i] 0 = conv (k x k stride 1, zero padding paddings[i], 2x2 max-pool if pools[i]) or
   // 1 = linear; activations[i] a code as above; alphas[i] / gammas[i] the forward / feedback scales.
   // Read-out: CE when out_weight/out_bias are given, else MSE on the last state layer. Nudge:
-  // beta, or one beta per sample (sample_betas). LE/KD(W) nudges (csrc/nudge.h) on the layers
+  // beta, or one beta per sample (sample_betas). LE/KD(W) nudges (csrc/loop/nudge.h) on the layers
   // aux_layers, through aux_maps (or none), towards aux_targets, scaled by aux_scales, at aux_tau.
   // schedule: 0 synchronous, 1 alternating (even layers, then odd layers from the new even ones).
   // feedback_weights: [] (symmetric: the top-down terms use the weights) or [None, B_1, ..., B_{N-1}]
   // (Laborieux's vector field: d_i through B_{i+1}, with the argmax of B_{i+1} * s_i).
-  // skip_*: FRE-RNN skip links (csrc/skips.h), one entry per link; empty lists for none.
+  // skip_*: FRE-RNN skip links (csrc/loop/skips.h), one entry per link; empty lists for none.
   m.def(
       "settle(Tensor x, Tensor[] weights, Tensor[] biases, int[] kinds, int[] paddings, int[] pools, "
       "int[] activations, float[] alphas, float[] gammas, Tensor?[] feedback_weights, int[] skip_sources, "

@@ -5,33 +5,34 @@ Public API: the model description (:class:`CRNN`, :class:`Conv`, :class:`Linear`
 ``rule="fre"``, :func:`bptt_gradients`), FRE-RNN skip topologies (:func:`residual_skips`,
 :func:`random_skips`), the GDU check (:func:`check_gdu`), a small training loop (:func:`train`),
 :func:`info`, and for separate feedback weights (``CRNN(feedback="separate")``,
-:mod:`eqkern.asymmetric`) :func:`weight_angles`.
+:mod:`eqkern.learning.separate_feedback`) :func:`weight_angles`.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .asymmetric import weight_angles
-from .backends import available_backends, resolve_backend
-from .bptt import BPTTResult, bptt_gradients
-from .gdu import check_gdu, format_gdu
-from .learning import EPResult, ep_gradients, free_phase
-from .model import CRNN, Conv, Linear
-from .settle import settle
-from .skips import random_skips, residual_skips
-from .train import TrainConfig, evaluate, train
-from .augmentation import crop_flip
-from .presets import Preset, get_preset, list_presets
-from .schedules import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
+from eqkern.learning.separate_feedback import weight_angles
+from eqkern.backends import available_backends, resolve_backend
+from eqkern.learning.bptt import BPTTResult, bptt_gradients
+from eqkern.learning.gdu import check_gdu, format_gdu
+from eqkern.learning.ep import EPResult, ep_gradients
+from eqkern.dynamics.settle import free_phase
+from eqkern.model import CRNN, Conv, Linear
+from eqkern.dynamics.settle import settle
+from eqkern.model.skips import random_skips, residual_skips
+from eqkern.training.loop import TrainConfig, evaluate, train
+from eqkern.data.crop_flip import crop_flip
+from eqkern.training.presets import Preset, get_preset, list_presets
+from eqkern.training.kappa import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
                         make_schedule)
-from .teacher import load_teacher, teacher_features, train_teacher
-from .vgg import TrainResult, train_vgg
+from eqkern.training.teacher import load_teacher, teacher_features, train_teacher
+from eqkern.training.vgg_driver import TrainResult, train_vgg
 
 
 def info() -> dict:
     """Versions, what was built, and which backends run on which device (and why not)."""
-    from . import _build
+    from eqkern.kernels import native as _build
 
     return _build.info()
 

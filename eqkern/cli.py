@@ -14,13 +14,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
     """The ``make demo`` network: two 3×3 conv layers with max-pool and a soft-max read-out."""
-    from .model import CRNN, Conv
+    from eqkern.model.crnn import CRNN, Conv
 
     return CRNN(input_shape, [Conv(16), Conv(32)], num_classes, readout="ce")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import _build
+    from eqkern.kernels import native as _build
 
     d = _build.info()
     print(json.dumps(d, indent=2, default=str) if args.json else _build.format_info(d))
@@ -28,8 +28,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-    from .train import TrainConfig, train
+    from eqkern.data.datasets import load_dataset
+    from eqkern.training.loop import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -40,7 +40,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
                          t_nudge=args.t_nudge, beta=args.beta, lr=args.lr, backend=args.backend,
                          seed=args.seed, method=args.method)
-    from .backends import resolve_backend
+    from eqkern.backends import resolve_backend
 
     print(f"eqkern demo: {args.method.upper()} on {args.dataset} ({len(data.y_train)} train / "
           f"{len(data.y_test)} test), backend {resolve_backend(args.backend, torch.device('cpu'))}, "
@@ -55,8 +55,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_gdu(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-    from .gdu import check_gdu, format_gdu
+    from eqkern.data.datasets import load_dataset
+    from eqkern.learning.gdu import check_gdu, format_gdu
 
     dtype = DTYPES[args.dtype]
     data = load_dataset(args.dataset, args.data_root, limit_train=args.batch, limit_test=1)
@@ -69,14 +69,14 @@ def cmd_gdu(args: argparse.Namespace) -> int:
           f"K={args.t_nudge}) vs BPTT over the last K steps, {args.dtype}, batch {args.batch}")
     print(format_gdu(rows))
     if args.png:
-        from .plots import plot_gdu
+        from eqkern.tools.plots import plot_gdu
 
         print(f"wrote {plot_gdu(rows, args.png)}")
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .presets import PRESETS, format_presets, get_preset
+    from eqkern.training.presets import PRESETS, format_presets, get_preset
 
     if args.name:
         p = get_preset(args.name)
@@ -91,8 +91,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .presets import get_preset, parse_overrides
-    from .vgg import train_vgg
+    from eqkern.training.presets import get_preset, parse_overrides
+    from eqkern.training.vgg_driver import train_vgg
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from .teacher import train_teacher
+    from eqkern.training.teacher import train_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +131,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from .memory import format_memory_table, memory_table, preset_model, profile_memory
+    from eqkern.tools.memory import format_memory_table, memory_table, preset_model, profile_memory
 
     if args.table:
         rows = memory_table(batch=args.batch, bptt_steps=args.bptt_steps, device=args.device)
@@ -140,7 +140,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
         if args.png:
-            from .plots import plot_memory
+            from eqkern.tools.plots import plot_memory
 
             print(f"wrote {plot_memory(rows, args.png)}")
         return 0

@@ -15,8 +15,8 @@ import time
 import torch
 
 from eqkern import CRNN, Conv, ep_gradients, evaluate, weight_angles
-from eqkern.datasets import iterate_batches, load_dataset
-from eqkern.train import param_groups
+from eqkern.data.datasets import iterate_batches, load_dataset
+from eqkern.training.loop import param_groups
 
 
 def run(data, feedback: str, rule: str | None, args) -> dict:

@@ -8,7 +8,7 @@ import torch
 
 from conftest import rel_rms
 from eqkern import CRNN, Conv, Linear, ep_gradients, settle
-from eqkern.augment import Targets
+from eqkern.model.auxiliary import Distill, LocalError, Targets
 
 
 @dataclass
@@ -109,3 +109,29 @@ def _to_double(y):
     if isinstance(y, Targets) and y.features is not None:
         return Targets(y.labels, [f.double() for f in y.features])
     return y
+
+
+# LE / KD / KDW models (tests/model/test_auxiliary.py, tests/backends/test_triton_backend.py)
+AUG_LAYERS = [Conv(4), Conv(5, padding=0), Linear(6)]
+AUGMENTS = {
+    "le": LocalError((0, 1)),
+    "le-frozen-fc": LocalError((1, 2), learn=False, tau=2.0),
+    "kd": Distill((0, 1)),
+    "kdw": Distill((0, 2), mapped=True),
+}
+
+
+def build_augmented(aug_id: str, dtype: torch.dtype, batch: int = 3, kappa: float = 0.7):
+    model = CRNN((2, 11, 11), AUG_LAYERS, 5, augment=AUGMENTS[aug_id]).to(dtype)
+    model.kappa = kappa
+    x = torch.rand(batch, 2, 11, 11, dtype=dtype)
+    labels = torch.randint(0, 5, (batch,))
+    y = labels
+    if isinstance(model.augment, Distill):
+        y = Targets(labels, [torch.randn(batch, *model.state_shapes[i], dtype=dtype) * 2
+                             for i in model.augment.layers])
+    if aug_id == "kdw":  # move the maps away from the identity so that they matter
+        with torch.no_grad():
+            for m in model.aux:
+                m.weight.add_(0.1 * torch.randn_like(m.weight))
+    return model, x, y

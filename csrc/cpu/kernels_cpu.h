@@ -1,4 +1,4 @@
-// The CPU per-element passes used by the settle loop (csrc/settle_loop.h DeviceKernels).
+// The CPU per-element passes used by the settle loop (csrc/loop/settle_loop.h DeviceKernels).
 #pragma once
 
 #include <ATen/core/Tensor.h>

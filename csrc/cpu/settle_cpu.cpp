@@ -9,8 +9,8 @@
 #include <algorithm>
 
 #include "cpu/kernels_cpu.h"
-#include "pool_unpool.h"
-#include "settle_loop.h"
+#include "math/pool_unpool.h"
+#include "loop/settle_loop.h"
 
 namespace eqkern {
 

@@ -5,8 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "settle_epilogue.h"
-#include "settle_epilogue_args.h"
+#include "math/settle_epilogue.h"
+#include "loop/settle_epilogue_args.h"
 #include "cpu/kernels_cpu.h"
 
 namespace eqkern {

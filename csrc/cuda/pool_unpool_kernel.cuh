@@ -5,7 +5,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../pool_unpool.h"
+#include "../math/pool_unpool.h"
 
 namespace eqkern {
 

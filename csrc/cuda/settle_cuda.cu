@@ -11,7 +11,7 @@
 
 #include "cuda/pool_unpool_kernel.cuh"
 #include "cuda/settle_epilogue_kernel.cuh"
-#include "settle_loop.h"
+#include "loop/settle_loop.h"
 
 namespace eqkern {
 

@@ -10,7 +10,7 @@
 #include <torch/library.h>
 
 #include "cuda/settle_epilogue_kernel.cuh"
-#include "settle_epilogue_args.h"
+#include "loop/settle_epilogue_args.h"
 
 namespace eqkern {
 

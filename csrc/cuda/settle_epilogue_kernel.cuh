@@ -5,7 +5,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../settle_epilogue.h"
+#include "../math/settle_epilogue.h"
 
 namespace eqkern {
 

@@ -15,8 +15,10 @@ from types import ModuleType
 
 import torch
 
-from . import analytic, cpp, reference
-from . import triton as triton_backend  # imports no triton: the kernels load on first use
+from eqkern.backends import torch_backend as analytic
+from eqkern.backends import cpp_backend as cpp
+from eqkern.backends import reference
+from eqkern.backends import triton_backend  # imports no triton: the kernels load on first use
 
 logger = logging.getLogger("eqkern")
 
@@ -29,7 +31,7 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     if name not in BACKENDS:
         return f"unknown backend {name!r}; known: {sorted(BACKENDS)}"
     if name == "cpp":
-        from .. import _build
+        from eqkern.kernels import native as _build
 
         if not _build.cpp_available():
             return f"eqkern._C is not built or failed to load: {_build.cpp_load_error()}"
@@ -44,10 +46,10 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 
 def _triton_reason(device: torch.device) -> str | None:
     """Why the triton backend cannot run on ``device``: triton must import; on cpu the kernels
-    must be interpreted, which ``TRITON_INTERPRET=1`` decides when ``eqkern.triton`` is imported."""
+    must be interpreted, which ``TRITON_INTERPRET=1`` decides when ``eqkern.kernels.triton`` is imported."""
     import sys
 
-    from .. import _build
+    from eqkern.kernels import native as _build
 
     version, error = _build._triton()
     if version is None:
@@ -58,9 +60,9 @@ def _triton_reason(device: torch.device) -> str | None:
         return f"the triton backend runs on cuda (and on cpu in the interpreter), not {device.type}"
     if os.environ.get("TRITON_INTERPRET") != "1":
         return "triton runs on cpu only in interpreter mode: set TRITON_INTERPRET=1 before importing eqkern"
-    loaded = sys.modules.get("eqkern.triton._common")
+    loaded = sys.modules.get("eqkern.kernels.triton._common")
     if loaded is not None and not loaded.INTERPRET:
-        return ("eqkern.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are "
+        return ("eqkern.kernels.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are "
                 "compiled for a GPU: set it before the first import")
     return None
 
@@ -114,7 +116,7 @@ def get_backend(
     only: asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError, the default
     falls back to the first of them that is available.
     """
-    from .common import SCHEDULES
+    from eqkern.backends.base import SCHEDULES
 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")

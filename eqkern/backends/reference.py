@@ -13,9 +13,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..activations import activate
-from ..model import CRNN, Conv
-from .common import Phase, accumulate_grads, schedule_groups
+from eqkern.model import energy
+from eqkern.model.activations import activate
+from eqkern.model.crnn import CRNN, Conv
+from eqkern.backends.base import Phase, accumulate_grads, schedule_groups
 
 
 def _has_scales(model: CRNN) -> bool:
@@ -32,7 +33,7 @@ def _top_down_drive(model: CRNN, i: int, s_in: torch.Tensor) -> torch.Tensor:
     (symmetric), or ``P_i(B_i * s_in)`` / ``B_i · flat(s_in)`` with separate feedback (Laborieux
     eq. 46: the backward map has no bias and pools by its own arg-max)."""
     if not model.separate_feedback:
-        return model.drive(i, s_in)[0]
+        return energy.drive(model, i, s_in)[0]
     spec, weight = model.specs[i], model.feedback_weight(i)
     if isinstance(spec, Conv):
         pre = F.conv2d(s_in, weight, None, padding=spec.padding)
@@ -66,11 +67,11 @@ def primitive(
     for i, s in enumerate(state):
         if scaled:
             spec = model.specs[i]
-            phi = phi + spec.alpha * (s * model.drive(i, s_in.detach())[0]).sum()
+            phi = phi + spec.alpha * (s * energy.drive(model, i, s_in.detach())[0]).sum()
             if i > 0:
                 phi = phi + model.specs[i - 1].gamma * (s.detach() * _top_down_drive(model, i, s_in)).sum()
         else:
-            phi = phi + (s * model.drive(i, s_in)[0]).sum()
+            phi = phi + (s * energy.drive(model, i, s_in)[0]).sum()
         s_in = s
     for (i, j), link in zip(model.skips, model.skip_links):  # FRE-RNN skip links ⟨s_j, R_ij s_i⟩
         if scaled:
@@ -79,9 +80,9 @@ def primitive(
         else:
             phi = phi + (state[j] * link(state[i])).sum()
     if isinstance(beta, torch.Tensor):
-        phi = phi - (model.loss(state[-1], y, beta) + model.augmented_loss(state, y, beta))
+        phi = phi - (energy.loss(model, state[-1], y, beta) + energy.augmented_loss(model, state, y, beta))
     elif beta != 0.0:
-        phi = phi - beta * (model.loss(state[-1], y) + model.augmented_loss(state, y))
+        phi = phi - beta * (energy.loss(model, state[-1], y) + energy.augmented_loss(model, state, y))
     return phi
 
 
@@ -115,7 +116,7 @@ def settle(
 
 def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
     """Add ``−[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` to every ``.grad``."""
-    # Frozen LE projections: none. Separate feedback weights B_l: eqkern.asymmetric.
+    # Frozen LE projections: none. Separate feedback weights B_l: eqkern.learning.separate_feedback.
     params = [p for p in model.ep_parameters() if p.requires_grad]
     with torch.enable_grad():
         delta = primitive(model, x, a.state, a.beta, y) - primitive(model, x, b.state, b.beta, y)

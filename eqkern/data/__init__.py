@@ -1,0 +1,1 @@
+"""eqkern.data."""

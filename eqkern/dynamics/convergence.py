@@ -1,0 +1,87 @@
+"""Running one phase: a fixed number of steps, or until the state stops moving.
+
+The convergence stop is one generic loop above the backends (any backend, any schedule): run
+``check_every − 1`` steps through the backend, keep a copy of the state, run one more step and
+reduce the largest absolute change of that step (max over layers and elements) on the device.
+That reduction is read once per check, the only host synchronisation; the steps in between are
+queued without one. The phase ends when the change is below ``tol``, or at ``steps`` (the cap).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from types import ModuleType
+
+import torch
+
+from eqkern.model.crnn import CRNN
+
+logger = logging.getLogger("eqkern")
+
+DEFAULT_CHECK_EVERY = 10
+
+
+def check_stop_args(tol: float | None, check_every: int) -> None:
+    """ValueErrors naming ``tol`` (must be ``None`` or a finite number > 0) or ``check_every``
+    (an int ≥ 1)."""
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
+                            or not math.isfinite(tol) or tol <= 0):
+        raise ValueError(f"tol must be None or a finite number > 0, got {tol!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
+
+
+def backend_settle(
+    be: ModuleType,
+    model: CRNN,
+    x: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float | torch.Tensor,
+    steps: int,
+    y,
+    schedule: str = "synchronous",
+) -> None:
+    """``steps`` steps of ``schedule`` through backend module ``be``, in place on ``state``."""
+    if steps > 0:
+        be.settle(model, x, state, beta, steps, y, schedule=schedule)
+
+
+def run_phase(
+    be: ModuleType,
+    model: CRNN,
+    x: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float | torch.Tensor,
+    steps: int,
+    y,
+    *,
+    schedule: str = "synchronous",
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+) -> int:
+    """Settle ``state`` in place and return the number of steps run.
+
+    ``tol=None``: exactly ``steps`` steps. Otherwise stop at the first check (every
+    ``check_every`` steps, and at the cap) where ``max_l max |s_l(t) − s_l(t−1)| < tol``; at most
+    ``steps`` steps. The arguments are assumed checked (:func:`check_stop_args`).
+    """
+    if tol is None:
+        backend_settle(be, model, x, state, beta, steps, y, schedule)
+        return steps
+    last = [torch.empty_like(s) for s in state]
+    used, change = 0, float("nan")
+    while used < steps:
+        chunk = min(check_every, steps - used)
+        backend_settle(be, model, x, state, beta, chunk - 1, y, schedule)
+        for p, s in zip(last, state):
+            p.copy_(s)
+        backend_settle(be, model, x, state, beta, 1, y, schedule)
+        used += chunk
+        change = torch.stack([(s - p).abs().amax() for s, p in zip(state, last)]).amax().item()
+        if change < tol:
+            break
+    logger.debug("eqkern: phase (beta=%s, %s) used %d of %d steps, last change %.3g (tol %g)",
+                 "per-sample" if isinstance(beta, torch.Tensor) else beta, schedule, used, steps,
+                 change, tol)
+    return used

@@ -1,0 +1,110 @@
+"""``settle``: run the neuron dynamics of a CRNN for a number of steps on the selected backend."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from eqkern.backends import get_backend
+from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
+from eqkern.model.crnn import CRNN, register_free_phase
+
+
+def check_phase_args(
+    model: CRNN,
+    x: torch.Tensor,
+    beta: float | torch.Tensor,
+    steps: int,
+    targets: torch.Tensor | None,
+) -> None:
+    """Validate the arguments of a phase, with errors that say what is wrong.
+
+    ``beta``: a float, or a per-sample ``(batch,)`` tensor."""
+    model.check_input(x)
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if isinstance(beta, torch.Tensor):
+        if beta.shape != (x.shape[0],) or not beta.is_floating_point():
+            raise ValueError(f"a per-sample beta must be a float tensor of shape ({x.shape[0]},), "
+                             f"got shape {tuple(beta.shape)} dtype {beta.dtype}")
+        if beta.device != x.device:
+            raise ValueError(f"beta is on {beta.device}, x on {x.device}")
+    elif not math.isfinite(beta):
+        raise ValueError(f"beta must be finite, got {beta}")
+    if (isinstance(beta, torch.Tensor) or beta != 0.0) and targets is None:
+        raise ValueError("a nudged phase (beta != 0) needs targets")
+    if targets is not None:
+        model.check_targets(targets, x.shape[0])
+
+
+def settle(
+    model: CRNN,
+    x: torch.Tensor,
+    state: list[torch.Tensor],
+    beta: float | torch.Tensor,
+    steps: int,
+    targets: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+    schedule: str = "synchronous",
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+    return_steps: bool = False,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
+    """Run ``steps`` steps of ``s ← ρ(∂Φ_β/∂s)`` from ``state``, in place.
+
+    Args:
+        model: the CRNN.
+        x: ``(batch, *model.input_shape)``, clamped input.
+        state: one ``(batch, *model.state_shapes[i])`` tensor per state layer; updated in place.
+        beta: nudging strength (0 for the free phase), or a per-sample ``(batch,)`` tensor.
+        steps: number of steps (the cap when ``tol`` is given).
+        targets: ``(batch,)`` class ids; needed when ``beta != 0``.
+        backend: ``"reference"``, ``"torch"``, ``"cpp"``, ``"triton"``; default ``$EQKERN_BACKEND``
+            or the fastest.
+        schedule: ``"synchronous"`` (every layer from the same state) or ``"alternating"`` (even
+            layers 0, 2, … first, then the odd ones from the new even ones; with skip links only
+            on ``eqkern.backends.ALTERNATING_SKIP_BACKENDS``).
+        tol: stop early once the largest absolute change of one step (over layers and elements)
+            is below ``tol``, checked every ``check_every`` steps (one host sync per check).
+        return_steps: also return the number of steps run.
+    Returns:
+        ``state`` (the same tensors), or ``(state, steps_used)`` with ``return_steps=True``.
+    """
+    if not isinstance(beta, torch.Tensor) or beta.dim() == 0:
+        beta = float(beta)
+    check_phase_args(model, x, beta, steps, targets)
+    check_stop_args(tol, check_every)
+    model.check_state(state, x.shape[0])
+    be = get_backend(backend, x.device, model, schedule=schedule)
+    used = run_phase(be, model, x, state, beta, steps, targets, schedule=schedule, tol=tol,
+                     check_every=check_every)
+    return (state, used) if return_steps else state
+
+
+@torch.no_grad()
+def free_phase(
+    model: CRNN,
+    x: torch.Tensor,
+    t_free: int,
+    *,
+    backend: str | None = None,
+    schedule: str = "synchronous",
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+    return_steps: bool = False,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
+    """The free-phase state after ``t_free`` steps from the initial state (inference); with
+    ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run."""
+    check_phase_args(model, x, 0.0, t_free, None)
+    check_stop_args(tol, check_every)
+    state = model.init_state(x.shape[0], like=x)
+    be = get_backend(backend, x.device, model, schedule=schedule)
+    used = run_phase(be, model, x, state, 0.0, t_free, None, schedule=schedule, tol=tol,
+                     check_every=check_every)
+    return (state, used) if return_steps else state
+
+
+# CRNN.forward runs this free phase (the model layer cannot import this one).
+register_free_phase(free_phase)

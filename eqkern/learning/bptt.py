@@ -1,0 +1,65 @@
+"""BPTT for the same network and the same free phase: autograd through the settling steps.
+
+Used as the baseline EP is checked against (GDU, Ernoult et al. 2019) and compared with in
+memory. Its graph grows as ``O(T · Σ|s_l|)``: the point of EP is not to need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from eqkern.model import energy
+from eqkern.backends import analytic
+from eqkern.backends.base import schedule_groups
+from eqkern.learning.ep import scalar
+from eqkern.model.crnn import CRNN
+from eqkern.dynamics.settle import check_phase_args
+
+
+@dataclass
+class BPTTResult:
+    """final_state: state after the free phase; predictions: ``(batch,)``; loss: mean loss."""
+
+    final_state: list[torch.Tensor]
+    predictions: torch.Tensor
+    loss: float
+
+
+def bptt_gradients(
+    model: CRNN,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    t_free: int,
+    truncate: int | None = None,
+    schedule: str = "synchronous",
+) -> BPTTResult:
+    """Add ``∂L(s_T)/∂θ`` (mean over the batch; ``L = L_EP + κ Σ L_aug`` with augmentation) to
+    every ``.grad``, backpropagating through time.
+
+    The free phase runs ``t_free`` steps from ``model.init_state``; the graph covers the last
+    ``truncate`` steps (all of them by default), earlier steps run without a graph, so their end
+    state is a constant, as in Laborieux's ``check_gdu``. ``schedule``: the schedule of the steps
+    unrolled (``"synchronous"`` or ``"alternating"``), so that EP run with a schedule is compared
+    with BPTT through the same dynamics.
+    ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids.
+    """
+    truncate = t_free if truncate is None else truncate
+    if not 0 < truncate <= t_free:
+        raise ValueError(f"truncate must be in 1..t_free={t_free}, got {truncate}")
+    check_phase_args(model, x, 0.0, t_free, y)
+    schedule_groups(model.num_layers, schedule)  # rejects an unknown schedule
+    state = model.init_state(x.shape[0], like=x)
+    analytic.settle(model, x, state, 0.0, t_free - truncate, None, schedule=schedule)
+    with torch.enable_grad():
+        input_drive = energy.drive(model, 0, x)[0]
+        for _ in range(truncate):
+            state = analytic.step(model, input_drive, state, 0.0, None, schedule)
+        loss = energy.total_loss(model, state, y) / x.shape[0]
+        loss.backward()
+    final = [s.detach() for s in state]
+    with torch.no_grad():
+        predictions = model.predict(final)
+    return BPTTResult(final, predictions, scalar(loss))

@@ -1,0 +1,163 @@
+"""train_vgg: every preset trains a step, resume equals uninterrupted, checkpoints, divergence,
+the teacher and the CLI. Tiny widths and phases keep this fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from eqkern.cli import main
+from eqkern.data.datasets import DataSplit
+from eqkern.training.presets import PRESETS, get_preset
+from eqkern.training.teacher import build_teacher, load_teacher, teacher_features, train_teacher
+from eqkern.training.vgg_driver import train_vgg
+
+# backend "torch": this file tests the driver; the backends are checked against each other in
+# test_backends.py (and the cpp settle loop asserts on 1×1 pooled maps at the time of writing).
+TINY = dict(width=1 / 32, t_free=2, t_nudge=1, batch_size=8, epochs=1, backend="torch")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CI machine is shared: with two threads tiny convs spend their time in OpenMP waits.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def fake_data(shape=(3, 32, 32), n=16, classes=10, seed=0) -> DataSplit:
+    g = torch.Generator().manual_seed(seed)
+    return DataSplit(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g),
+                     torch.randn(n // 2, *shape, generator=g),
+                     torch.randint(0, classes, (n // 2,), generator=g),
+                     tuple(map(str, range(classes))), shape, classes)
+
+
+def _setup(name: str, n: int = 8):
+    p = get_preset(name)
+    shape = (1, 28, 28) if "mnist" in p.dataset else (3, 32, 32)
+    classes = 100 if p.dataset == "cifar100" else 10
+    teacher = build_teacher(p.teacher_arch, classes, shape, width=TINY["width"]) if p.teacher_arch else None
+    return fake_data(shape, n, classes), teacher
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_runs_a_training_step(name):
+    data, teacher = _setup(name)
+    res = train_vgg(name, data=data, teacher=teacher, progress=False, log=lambda s: None,
+                    on_batch=lambda e, b: None, **TINY)
+    rec = res.history[0]
+    assert rec["epoch"] == 1 and 0 <= rec["test_acc"] <= 100 and rec["settle_steps"] > 0
+    assert len(rec["state_abs"]) == res.model.num_layers
+    # the read-out always moves; lower layers only once the nudge has reached them
+    assert rec["update_abs"][-1] > 0 and all(v >= 0 for v in rec["update_abs"])
+    p = res.preset
+    assert rec["kappa"] == pytest.approx(p.kappa) and res.model.kappa == rec["kappa"]
+
+
+def test_any_torch_optimizer_and_missing_teacher():
+    data, _ = _setup("vgg5-ce-cifar10")
+    res = train_vgg("vgg5-ce-cifar10", data=data, optimizer=torch.optim.Adam, progress=False,
+                    log=lambda s: None, **TINY)
+    assert len(res.history) == 1 and res.history[0]["lr"][:2] == [0.25, 0.15]
+    with pytest.raises(ValueError, match="vgg19 teacher.*train_teacher"):
+        train_vgg("vgg7-kd-cifar10", data=data, progress=False, **TINY)
+
+
+def _kdw_run(out, data, teacher, **kw):
+    return train_vgg("vgg7-kdw-cifar10", data=data, teacher=teacher, out_dir=out, progress=False,
+                     log=lambda s: None, **{**TINY, "epochs": 2, "batch_size": 8}, **kw)
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """Ctrl-C (a real SIGINT) during epoch 1 saves its position; resume ends bit-identical."""
+    data, teacher = _setup("vgg7-kdw-cifar10", n=24)
+    straight = _kdw_run(tmp_path / "a", data, teacher)
+
+    def ctrl_c(epoch, batch):
+        if (epoch, batch) == (0, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        _kdw_run(tmp_path / "b", data, teacher, on_batch=ctrl_c)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ck["epoch"] == 0 and ck["position"]["batch"] == 1
+    resumed = _kdw_run(tmp_path / "b", data, teacher, resume=True)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    drop = ("seconds", "train_seconds", "eval_seconds")
+    assert ([{k: v for k, v in h.items() if k not in drop} for h in straight.history]
+            == [{k: v for k, v in h.items() if k not in drop} for h in resumed.history])
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert (tmp_path / "b" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+    data, _ = _setup("vgg7-le-cifar10")
+    kw = dict(data=data, out_dir=tmp_path, progress=False, log=lambda s: None, **{**TINY, "epochs": 2})
+    train_vgg("vgg7-le-cifar10", **kw)
+    ck, prev = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    good = torch.load(prev, weights_only=True)
+    assert good["epoch"] == 1
+    blob = ck.read_bytes()[:100]
+    ck.write_bytes(blob)  # truncated
+    with pytest.raises(RuntimeError, match="cannot read checkpoint .*checkpoint.prev.pt is untouched"):
+        train_vgg("vgg7-le-cifar10", resume=True, **kw)
+    assert ck.read_bytes() == blob and torch.load(prev, weights_only=True)["epoch"] == 1
+
+
+def test_divergence_names_the_layer_and_keeps_the_checkpoint(tmp_path):
+    data, _ = _setup("vgg5-ce-cifar10", n=16)
+
+    def poison(epoch, batch):
+        if epoch == 1:
+            with torch.no_grad():
+                model_ref[0].connections[2].weight.fill_(float("nan"))
+
+    model_ref = []
+    import eqkern.training.vgg_driver as vgg
+
+    orig = vgg.build_model
+    vgg.build_model = lambda *a, **k: model_ref.append(orig(*a, **k)) or model_ref[-1]
+    try:
+        with pytest.raises(FloatingPointError, match=r"diverged: state layer \d \(Conv.*epoch 2, batch 2"):
+            train_vgg("vgg5-ce-cifar10", data=data, out_dir=tmp_path, progress=False,
+                      log=lambda s: None, on_batch=poison, **{**TINY, "epochs": 3})
+    finally:
+        vgg.build_model = orig
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_teacher_train_save_load_features(tmp_path):
+    data = fake_data(n=16)
+    res = train_teacher("vgg7", data, epochs=1, out=tmp_path / "t.pt", width=1 / 32, batch_size=8,
+                        progress=False, log=lambda s: None)
+    t = load_teacher(tmp_path / "t.pt")
+    feats = teacher_features(t, data.x_test[:3])
+    assert [tuple(f.shape) for f in feats] == [(3, 2, 16, 16), (3, 4, 8, 8), (3, 8, 4, 4),
+                                               (3, 16, 2, 2), (3, 16, 1, 1)]
+    assert all(not f.requires_grad for f in feats) and len(res.history) == 1
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot read teacher checkpoint"):
+        load_teacher(tmp_path / "bad.pt")
+
+
+def test_cli_presets_and_train(tmp_path, capsys):
+    assert main(["presets"]) == 0
+    assert "vgg12-kd-cifar100" in capsys.readouterr().out
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "frernn-conv-mnist", "--epochs", "1", "--out", str(out),
+            "--no-progress", "--set", "dataset=mnist_subset", "--set", "train_size=32",
+            "--set", "test_size=16", "--set", "width=1/8", "--set", "t_free=2", "--set", "t_nudge=1",
+            "--set", "batch_size=16"]
+    assert main(argv) == 0
+    assert json.loads((out / "metrics.jsonl").read_text())["epoch"] == 1
+    assert main(argv + ["--resume"]) == 0  # already done: resumes at the end, trains nothing
+    assert main(["train", "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
