@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import PROVIDERS, record_env, require_provider
 from eqkern import bptt_gradients, ep_gradients, settle
 from eqkern.backends import get_backend
-from eqkern.backends.base import Phase
+from eqkern.backends.base import Phase, accumulate_grads
 
 
 # The "conv floor" of one step: the convolutions a step must run and nothing else (the forward conv
@@ -117,7 +117,10 @@ def test_hebbian_update(benchmark, provider, size):
     settle(model, x, state, 0.0, 3, backend="torch")
     plus = settle(model, x, [s.clone() for s in state], 0.5, 1, y, backend="torch")
     minus = settle(model, x, [s.clone() for s in state], -0.5, 1, y, backend="torch")
-    update = get_backend(provider, x.device).hebbian_update
+    hebbian = get_backend(provider, x.device).hebbian_gradients
+
+    def update(*args):
+        accumulate_grads(hebbian(*args))
 
     def run():
         model.zero_grad(set_to_none=True)

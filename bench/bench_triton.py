@@ -24,7 +24,7 @@ import torch
 from conftest import SIZES
 from eqkern import CRNN, Conv, settle
 from eqkern.backends import get_backend, unavailable_reason
-from eqkern.backends.base import Phase
+from eqkern.backends.base import Phase, accumulate_grads
 
 PROVIDERS = ["reference", "torch", "cpp", "triton"]
 PHASE_STEPS = 5
@@ -129,7 +129,10 @@ def test_hebbian_update_cuda(benchmark, provider, size):
     settle(model, x, state, 0.0, 3, backend="torch")
     plus = settle(model, x, [s.clone() for s in state], 0.5, 1, y, backend="torch")
     minus = settle(model, x, [s.clone() for s in state], -0.5, 1, y, backend="torch")
-    update = get_backend(provider, x.device).hebbian_update
+    hebbian = get_backend(provider, x.device).hebbian_gradients
+
+    def update(*args):
+        accumulate_grads(hebbian(*args))
 
     def run():
         model.zero_grad(set_to_none=True)

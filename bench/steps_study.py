@@ -37,7 +37,8 @@ from eqkern import check_gdu, ep_gradients, free_phase  # noqa: E402
 from eqkern.data.crop_flip import crop_flip  # noqa: E402
 from eqkern.data.datasets import load_dataset  # noqa: E402
 from eqkern.training.presets import get_preset  # noqa: E402
-from eqkern.training.vgg_driver import build_model, make_kappa_schedule, make_optimizer  # noqa: E402
+from eqkern.training.build import build_model, make_kappa_schedule  # noqa: E402
+from eqkern.training.optim import make_optimizer  # noqa: E402
 
 NETS = {
     "vgg5": ("vgg5-ce-cifar10", {}),

@@ -21,20 +21,21 @@ from eqkern.dynamics.settle import free_phase
 from eqkern.model import CRNN, Conv, Linear
 from eqkern.dynamics.settle import settle
 from eqkern.model.skips import random_skips, residual_skips
-from eqkern.training.loop import TrainConfig, evaluate, train
+from eqkern.training.evaluation import evaluate
+from eqkern.training.train_crnn import train
 from eqkern.data.crop_flip import crop_flip
-from eqkern.training.presets import Preset, get_preset, list_presets
+from eqkern.training.presets import Preset, TrainConfig, get_preset, list_presets
 from eqkern.training.kappa import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
                         make_schedule)
 from eqkern.training.teacher import load_teacher, teacher_features, train_teacher
-from eqkern.training.vgg_driver import TrainResult, train_vgg
+from eqkern.training.train_preset import TrainResult, train_vgg
 
 
 def info() -> dict:
     """Versions, what was built, and which backends run on which device (and why not)."""
-    from eqkern.kernels import native as _build
+    from eqkern.tools.info import info as _info
 
-    return _build.info()
+    return _info()
 
 
 __all__ = [

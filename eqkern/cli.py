@@ -20,26 +20,21 @@ def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from eqkern.kernels import native as _build
+    from eqkern.tools.info import format_info, info
 
-    d = _build.info()
-    print(json.dumps(d, indent=2, default=str) if args.json else _build.format_info(d))
+    d = info()
+    print(json.dumps(d, indent=2, default=str) if args.json else format_info(d))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from eqkern.data.datasets import load_dataset
-    from eqkern.training.loop import TrainConfig, train
+    from eqkern.training.train_preset import train_vgg
 
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, args.data_root, limit_train=args.train_size,
                         limit_test=args.test_size)
-    torch.manual_seed(args.seed)
-    model = demo_model(data.input_shape, data.num_classes)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
-                         t_nudge=args.t_nudge, beta=args.beta, lr=args.lr, backend=args.backend,
-                         seed=args.seed, method=args.method)
     from eqkern.backends import resolve_backend
 
     print(f"eqkern demo: {args.method.upper()} on {args.dataset} ({len(data.y_train)} train / "
@@ -47,7 +42,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{torch.get_num_threads()} threads, T_free={args.t_free}, T_nudge={args.t_nudge}, "
           f"beta={args.beta}")
     t0 = time.perf_counter()
-    history = train(model, data, config, out_dir=args.out, resume=args.resume)
+    # the demo-mnist preset (demo_model's network) with the command line's settings
+    res = train_vgg("demo-mnist", data=data, out_dir=args.out, resume=args.resume,
+                    dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
+                    epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
+                    t_nudge=args.t_nudge, beta=args.beta, lr=tuple(args.lr),
+                    backend=args.backend, seed=args.seed, method=args.method)
+    history = res.history
     best = max(h["test_acc"] for h in history)
     print(f"reached {history[-1]['test_acc']:.2f} % test accuracy (best {best:.2f} %) in "
           f"{time.perf_counter() - t0:.0f} s; curves: {args.out}/curves.png")
@@ -76,12 +77,15 @@ def cmd_gdu(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from eqkern.training.presets import PRESETS, format_presets, get_preset
+    from eqkern.training.presets import PRESETS, field_rows, format_presets, get_preset
 
     if args.name:
-        p = get_preset(args.name)
-        for key, value in p.to_dict().items():
-            print(f"{key:18s} {value}")
+        section = None
+        for sec, key, value, kind in field_rows(get_preset(args.name)):
+            if sec != section:
+                section = sec
+                print(f"[{sec}]")
+            print(f"  {key:18s} {value}" + ("" if key == "notes" else f"   [{kind}]"))
         return 0
     print(format_presets())
     print("\nnotes (eqkern presets --name NAME shows every field):")
@@ -92,7 +96,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from eqkern.training.presets import get_preset, parse_overrides
-    from eqkern.training.vgg_driver import train_vgg
+    from eqkern.training.train_preset import train_vgg
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -209,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=None)
     tr.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a preset field, e.g. --set width=1/8 --set t_free=50 "
-                         "--set lr=0.03,0.05 (repeatable)")
+                    help="override a preset field (repeatable), read by its declared type: bool "
+                         "true/false (or 1/0), int, number (0.5, 1e-3, 1/8), none where a field "
+                         "may be None, comma lists (lr=0.03,0.05; augment_layers= for none), and "
+                         "for choice fields only their choices; e.g. --set width=1/8 --set "
+                         "t_free=50. `eqkern presets --name NAME` lists every field and its type")
     tr.add_argument("--teacher", default=None, help="KD: teacher checkpoint from `eqkern teacher`")
     tr.add_argument("--out", default=None, help="output folder (default runs/PRESET)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -16,7 +16,7 @@ import torch
 
 from eqkern import CRNN, Conv, ep_gradients, evaluate, weight_angles
 from eqkern.data.datasets import iterate_batches, load_dataset
-from eqkern.training.loop import param_groups
+from eqkern.training.optim import param_groups
 
 
 def run(data, feedback: str, rule: str | None, args) -> dict:

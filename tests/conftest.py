@@ -1,4 +1,18 @@
-"""Shared test set-up: seeds, the comparison metric, small model cases and backend availability."""
+"""Shared test set-up: seeds, the comparison metric, backend availability and the ``backend`` fixture.
+
+``backend`` runs a test once per registered backend (``eqkern.backends.BACKENDS``, ids = names). A
+backend that CI builds and that cannot run here fails the test (EQKERN_CPP=0 opts out of cpp).
+Two markers narrow the list at collection (a backend left out is not a test, so nothing skips):
+
+* ``vs_reference``: the test compares a backend with ``reference``, so ``reference`` itself is
+  left out;
+* ``slow_in_interpreter``: full-length phases, which the Triton interpreter would take minutes
+  over on CPU; triton is left out there (its short-phase versions of the same checks are in
+  tests/backends/test_triton_backend.py) and runs on a GPU machine.
+
+:func:`require_capability` skips a test whose model the backend cannot run, with the backend's
+own reason (``Backend.unsupported_reason``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +23,48 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+from eqkern.backends import BACKENDS  # noqa: E402  (after TRITON_INTERPRET is set)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vs_reference: compares each backend with reference")
+    config.addinivalue_line("markers", "slow_in_interpreter: too slow for the Triton interpreter")
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrise ``backend`` over the registry, less what the markers leave out."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):  # a test that names its own
+        names = mark.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
+    marked = metafunc.definition.get_closest_marker
+    names = [n for n in BACKENDS
+             if not (n == "reference" and marked("vs_reference"))
+             and not (n == "triton" and marked("slow_in_interpreter") and not torch.cuda.is_available())]
+    metafunc.parametrize("backend", names, ids=str, indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """The name of each registered backend in turn (see the module docstring)."""
+    name = request.param
+    if name == "triton":
+        require_triton(request)
+    else:
+        require_backend(name)
+    return name
+
+
+def require_capability(name: str, model, schedule: str = "synchronous") -> None:
+    """Skip, printing the backend's reason, when backend ``name`` cannot run ``model``."""
+    reason = BACKENDS[name].unsupported_reason(model, schedule=schedule)
+    if reason is not None:
+        print(f"skipped: {reason}")
+        pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

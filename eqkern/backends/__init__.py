@@ -1,9 +1,18 @@
-"""Backend registry and selection (SPEC §4).
+"""The backends and their registry: which one runs, and why another cannot.
 
-A backend is a module with ``settle(model, x, state, beta, steps, y, schedule="synchronous")`` and
-``hebbian_update(model, x, y, phase_a, phase_b)``; ``beta`` may be a per-sample ``(batch,)``
-tensor. ``backend=`` arguments and the ``EQKERN_BACKEND`` environment variable pick one by name; without either, the fastest available on the device is
-used and the choice is logged once.
+A backend is an instance of :class:`eqkern.backends.base.Backend` (settle, Hebbian gradients keyed
+by parameter, the per-connection weight gradient, an availability probe and a capability check).
+:data:`BACKENDS` maps the names to the four of them:
+
+* ``reference``: autograd of Φ_β (the oracle; :mod:`.reference`);
+* ``torch``: the analytic step in ATen calls (:mod:`.torch_backend`);
+* ``cpp``: the analytic step as one C++/CUDA op per phase (:mod:`.cpp_backend`);
+* ``triton``: fused Triton kernels (:mod:`.triton_backend`; CUDA, or the interpreter on CPU).
+
+``backend=`` arguments and the ``EQKERN_BACKEND`` environment variable pick one by name; without
+either, the fastest available on the device is used and the choice is logged once.
+:func:`unavailable_reason` is the one availability probe (``eqkern info`` reports it);
+:func:`get_backend` also asks the backend whether it runs the model with the schedule.
 """
 
 from __future__ import annotations
@@ -11,65 +20,43 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from types import ModuleType
 
 import torch
 
-from eqkern.backends import torch_backend as analytic
-from eqkern.backends import cpp_backend as cpp
-from eqkern.backends import reference
+from eqkern.backends import cpp_backend, reference, torch_backend
 from eqkern.backends import triton_backend  # imports no triton: the kernels load on first use
+from eqkern.backends.base import Backend
+from eqkern.backends.update_order import SCHEDULES
+
+__all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "resolve_backend",
+           "unavailable_reason", "unsupported_reason"]
 
 logger = logging.getLogger("eqkern")
 
-BACKENDS: dict[str, ModuleType] = {"reference": reference, "torch": analytic, "cpp": cpp,
-                                   "triton": triton_backend}
+_FALLBACK_ORDER = ("cpp", "torch", "reference")
+
+BACKENDS: dict[str, Backend] = {
+    be.name: be for be in (reference.BACKEND, torch_backend.BACKEND, cpp_backend.BACKEND,
+                           triton_backend.BACKEND)
+}
 
 
-def unavailable_reason(name: str, device: torch.device) -> str | None:
+def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     """Why backend ``name`` cannot run on ``device``, or ``None`` if it can."""
     if name not in BACKENDS:
         return f"unknown backend {name!r}; known: {sorted(BACKENDS)}"
-    if name == "cpp":
-        from eqkern.kernels import native as _build
-
-        if not _build.cpp_available():
-            return f"eqkern._C is not built or failed to load: {_build.cpp_load_error()}"
-        if device.type == "cuda" and not _build.cuda_kernels_registered():
-            return "eqkern._C was built without CUDA kernels (see `eqkern info`)"
-        if device.type not in ("cpu", "cuda"):
-            return f"the cpp backend runs on cpu and cuda, not {device.type}"
-    if name == "triton":
-        return _triton_reason(device)
-    return None
+    return BACKENDS[name].unavailable_reason(torch.device(device))
 
 
-def _triton_reason(device: torch.device) -> str | None:
-    """Why the triton backend cannot run on ``device``: triton must import; on cpu the kernels
-    must be interpreted, which ``TRITON_INTERPRET=1`` decides when ``eqkern.kernels.triton`` is imported."""
-    import sys
-
-    from eqkern.kernels import native as _build
-
-    version, error = _build._triton()
-    if version is None:
-        return f"{error} (install triton>=3.6)"
-    if device.type == "cuda":
-        return None
-    if device.type != "cpu":
-        return f"the triton backend runs on cuda (and on cpu in the interpreter), not {device.type}"
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return "triton runs on cpu only in interpreter mode: set TRITON_INTERPRET=1 before importing eqkern"
-    loaded = sys.modules.get("eqkern.kernels.triton._common")
-    if loaded is not None and not loaded.INTERPRET:
-        return ("eqkern.kernels.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are "
-                "compiled for a GPU: set it before the first import")
-    return None
+def unsupported_reason(name: str, model, *, schedule: str = "synchronous") -> str | None:
+    """Why backend ``name`` cannot run ``model`` with ``schedule``, or ``None`` if it can."""
+    if name not in BACKENDS:
+        return f"unknown backend {name!r}; known: {sorted(BACKENDS)}"
+    return BACKENDS[name].unsupported_reason(model, schedule=schedule)
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Names of the backends that can run on ``device``."""
-    device = torch.device(device)
     return [n for n in BACKENDS if unavailable_reason(n, device) is None]
 
 
@@ -92,42 +79,31 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
     return name
 
 
-# Every backend runs every model feature and option (LE/KD(W), separate feedback weights, skip
-# links, the alternating schedule, a per-sample β) but one pair: skip links in the alternating
-# order, which only these have (the alternating drives of torch and triton carry no skip terms).
-ALTERNATING_SKIP_BACKENDS = ("cpp", "reference")
-
-
-def backend_name(module: ModuleType) -> str:
-    """The registry name of a backend module."""
-    return next(name for name, mod in BACKENDS.items() if mod is module)
-
-
 def get_backend(
     name: str | None,
     device: torch.device,
     model=None,
     *,
     schedule: str = "synchronous",
-) -> ModuleType:
-    """The backend module selected by :func:`resolve_backend` (for ``model``, if given).
+) -> Backend:
+    """The backend selected by :func:`resolve_backend`, checked against ``model`` if given.
 
-    A model with skip links on the alternating schedule runs on ``ALTERNATING_SKIP_BACKENDS``
-    only: asking for another one by name (or ``$EQKERN_BACKEND``) is a ValueError, the default
-    falls back to the first of them that is available.
+    A backend asked for by name (or ``$EQKERN_BACKEND``) that cannot run ``model`` with
+    ``schedule`` is a ValueError giving its reason; the default falls back to the first available
+    backend that can.
     """
-    from eqkern.backends.base import SCHEDULES
-
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
-    chosen = resolve_backend(name, device)
-    if (model is None or not model.skips or schedule == "synchronous"
-            or chosen in ALTERNATING_SKIP_BACKENDS):
-        return BACKENDS[chosen]
+    chosen = BACKENDS[resolve_backend(name, device)]
+    reason = None if model is None else chosen.unsupported_reason(model, schedule=schedule)
+    if reason is None:
+        return chosen
+    capable = [n for n in BACKENDS if unsupported_reason(n, model, schedule=schedule) is None]
     if name or os.environ.get("EQKERN_BACKEND"):
-        raise ValueError(f"backend {chosen!r} does not implement skip links with "
-                         f"schedule={schedule!r} yet; use one of {ALTERNATING_SKIP_BACKENDS}")
-    fallback = next(b for b in ALTERNATING_SKIP_BACKENDS if unavailable_reason(b, device) is None)
-    logger.debug("eqkern: the default backend %r has no skip links with schedule=%r: using %r",
-                 chosen, schedule, fallback)
-    return BACKENDS[fallback]
+        raise ValueError(f"{reason}; backends that can: {capable}")
+    # The fastest capable one (the default never picks the triton interpreter on cpu).
+    fallback = next(BACKENDS[n] for n in _FALLBACK_ORDER
+                    if n in capable and unavailable_reason(n, device) is None)
+    logger.debug("eqkern: the default backend %r cannot run this model (%s): using %r",
+                 chosen.name, reason, fallback.name)
+    return fallback

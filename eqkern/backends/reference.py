@@ -1,4 +1,5 @@
-"""Backend ``reference``: autograd of the primitive function Φ_β, as Laborieux's code does.
+"""Backend ``reference`` (:class:`ReferenceBackend`): autograd of the primitive function Φ_β, as
+Laborieux's code does.
 
 This is the oracle every other backend is tested against, so it is kept short and obviously
 right: Φ_β is written once (:func:`primitive`), the dynamics are ``s ← ρ(∂Φ_β/∂s)`` through
@@ -11,12 +12,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from eqkern.model import energy
 from eqkern.model.activations import activate
-from eqkern.model.crnn import CRNN, Conv
-from eqkern.backends.base import Phase, accumulate_grads, schedule_groups
+from eqkern.model.crnn import CRNN
+from eqkern.backends.base import Backend, ParamGrads, Phase, PhaseInputs
+from eqkern.backends.update_order import schedule_groups
 
 
 def _has_scales(model: CRNN) -> bool:
@@ -28,19 +29,6 @@ def _split(model: CRNN) -> bool:
     return model.separate_feedback or _has_scales(model)
 
 
-def _top_down_drive(model: CRNN, i: int, s_in: torch.Tensor) -> torch.Tensor:
-    """The drive whose ``s_in``-derivative is connection ``i``'s top-down term: ``P_i(W_i * s_in + b_i)``
-    (symmetric), or ``P_i(B_i * s_in)`` / ``B_i · flat(s_in)`` with separate feedback (Laborieux
-    eq. 46: the backward map has no bias and pools by its own arg-max)."""
-    if not model.separate_feedback:
-        return energy.drive(model, i, s_in)[0]
-    spec, weight = model.specs[i], model.feedback_weight(i)
-    if isinstance(spec, Conv):
-        pre = F.conv2d(s_in, weight, None, padding=spec.padding)
-        return F.max_pool2d(pre, 2, 2) if spec.pool else pre
-    return F.linear(s_in.flatten(1), weight)
-
-
 def primitive(
     model: CRNN,
     x: torch.Tensor,
@@ -49,7 +37,7 @@ def primitive(
     y: torch.Tensor | None,
     scaled: bool = False,
 ) -> torch.Tensor:
-    """Φ_β(x, s, θ) summed over the batch (SPEC §1, Lin eq. 1 and 10, Laborieux eq. 6).
+    """Φ_β(x, s, θ) summed over the batch (Lin eq. 1 and 10, Laborieux eq. 6).
 
     ``Φ = Σ_l ⟨s_{l+1}, P_l(W_l * s_l + b_l)⟩ (conv) or ⟨s_{l+1}, W_l·flat(s_l) + b_l⟩ (FC)``,
     ``Φ_β = Φ − β·L(ŷ, y) − βκ Σ_i L_aug,i(s_i)``. With ``scaled=True`` each coupling term is split so that its
@@ -69,7 +57,7 @@ def primitive(
             spec = model.specs[i]
             phi = phi + spec.alpha * (s * energy.drive(model, i, s_in.detach())[0]).sum()
             if i > 0:
-                phi = phi + model.specs[i - 1].gamma * (s.detach() * _top_down_drive(model, i, s_in)).sum()
+                phi = phi + model.specs[i - 1].gamma * (s.detach() * energy.feedback_drive(model, i, s_in)[0]).sum()
         else:
             phi = phi + (s * energy.drive(model, i, s_in)[0]).sum()
         s_in = s
@@ -114,12 +102,33 @@ def settle(
     return state
 
 
-def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
-    """Add ``−[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` to every ``.grad``."""
-    # Frozen LE projections: none. Separate feedback weights B_l: eqkern.learning.separate_feedback.
+def hebbian_gradients(model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
+    """``−[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` for every trainable
+    parameter of ``model.ep_parameters()``, by autograd of ``ΔΦ``."""
     params = [p for p in model.ep_parameters() if p.requires_grad]
     with torch.enable_grad():
         delta = primitive(model, x, a.state, a.beta, y) - primitive(model, x, b.state, b.beta, y)
         delta = -delta / ((a.beta - b.beta) * x.shape[0])
         grads = torch.autograd.grad(delta, params, allow_unused=True)
-    accumulate_grads(params, grads)
+    # A parameter Φ does not reach (none at the time of writing) has a zero gradient.
+    return {p: torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)}
+
+
+class ReferenceBackend(Backend):
+    """Autograd of Φ_β: the oracle the other backends are tested against (module docstring).
+
+    ``connection_gradients``: ATen's weight-gradient convolution / GEMM (the shared default; the
+    autograd of one coupling term would compute the same product). Runs every model and schedule.
+    """
+
+    name = "reference"
+
+    def settle(self, model: CRNN, phase: PhaseInputs) -> None:
+        settle(model, phase.x, phase.state, phase.beta, phase.steps, phase.targets,
+               schedule=phase.schedule)
+
+    def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
+        return hebbian_gradients(model, x, y, a, b)
+
+
+BACKEND = ReferenceBackend()

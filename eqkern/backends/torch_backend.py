@@ -1,6 +1,7 @@
-"""Backend ``torch``: the analytic settling step and Hebbian update in plain ATen calls.
+"""Backend ``torch`` (:class:`TorchBackend`): the analytic settling step and Hebbian update in
+plain ATen calls.
 
-No autograd and nothing kept alive across steps. Per step and layer (SPEC §1):
+No autograd and nothing kept alive across steps. Per step and layer:
 
     bottom-up  u_l = P_{l-1}(W_{l-1} * s_{l-1} + b_{l-1})        conv + bias + max-pool (indices)
     top-down   d_l = conv_transpose(unpool(s_{l+1}, idx_l), W_l)  (W_lᵀ s_{l+1} for FC)
@@ -14,9 +15,13 @@ overwritten and ``s_{l+1}`` is still the old one when ``d_l`` is read. :func:`la
 the terms lazily in exactly that order; :func:`step_` (in place) and :func:`step` (out of place,
 differentiable, for BPTT) consume it.
 
-The alternating schedule (``schedule="alternating"``, SPEC §1) updates the even layers (0, 2, …)
-from the current state, then the odd layers from the new even ones: :func:`alternating_inputs`
-yields the layers in that order and :func:`alternating_drives` adds their top-down and nudge terms.
+The alternating schedule (``schedule="alternating"``) updates the even layers (0, 2, …) from the
+current state, then the odd layers from the new even ones:
+:func:`eqkern.backends.update_order.alternating_inputs` yields the layers in that order and
+:func:`alternating_drives` adds their top-down and nudge terms (no skip terms yet:
+``TorchBackend.unsupported_reason`` says so). The Hebbian update is
+:func:`hebbian_gradients`, one :meth:`~eqkern.backends.base.Backend.connection_gradients` per
+connection plus :mod:`eqkern.backends.shared_terms`.
 ``beta`` is a float or a per-sample ``(batch,)`` tensor everywhere (the ±β phases as one batch).
 """
 
@@ -25,13 +30,13 @@ from __future__ import annotations
 from typing import Callable, Iterator, MutableSequence, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from eqkern.model import energy
 from eqkern.model.activations import activate, activate_
-from eqkern.model.auxiliary import aux_error, aux_weight_grad, labels_of
 from eqkern.model.crnn import CRNN, Conv
-from eqkern.backends.base import Phase, accumulate_grads, nudged, schedule_groups
+from eqkern.backends import shared_terms
+from eqkern.backends.base import Backend, ParamGrads, Phase, PhaseInputs, nudged
+from eqkern.backends.update_order import alternating_inputs, schedule_groups
 
 # epilogue(state, u, d, n, alpha, gamma, activation): state ← ρ(α·u + γ·d + n), in place
 Epilogue = Callable[
@@ -40,8 +45,6 @@ Epilogue = Callable[
 ]
 
 LayerTerms = tuple[int, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
-# drive(i, s_in) -> (u_i, pool indices of connection i or None): energy.drive or a backend's own
-Drive = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 def layer_drives(
@@ -86,44 +89,6 @@ def _add_skips(model: CRNN, i: int, state: Sequence[torch.Tensor], u: torch.Tens
     if down is not None:  # a source layer always has a layer above it, so d exists
         d = d + down
     return u, d
-
-
-def _pooled(model: CRNN, i: int) -> bool:
-    spec = model.specs[i]
-    return isinstance(spec, Conv) and spec.pool
-
-
-def alternating_inputs(
-    model: CRNN,
-    drive: Drive,
-    input_drive: torch.Tensor,
-    state: MutableSequence[torch.Tensor],
-    indices: dict[int, torch.Tensor | None],
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(i, u_i, idx_i)`` for the even layers, then the odd layers, of one alternating step.
-
-    ``u_i``: the bottom-up drive of layer ``i`` from the current ``state[i-1]`` (``input_drive``
-    for layer 0); ``idx_i``: the pool indices of connection ``i+1`` at the current ``state[i]``,
-    through which the top-down term of layer ``i`` is unpooled (None at the top or without a pool).
-    The consumer writes layer ``i``'s new value into ``state[i]`` (in place, or by replacing the
-    list entry) before asking for the next item, so the odd layers read the new even ones.
-
-    ``indices`` keeps the pool indices that a drive yields as a by-product for the layer that
-    needs them next (``indices[i]`` belongs to ``state[i]`` as it is now, and is used up when
-    layer ``i`` is updated). Passing one dict to all the steps of a phase, with nothing else
-    writing the state in between, leaves a forward conv per even layer only in the first step.
-    """
-    n_layers = len(state)
-    for i in [*range(0, n_layers, 2), *range(1, n_layers, 2)]:
-        if i == 0:
-            u = input_drive
-        else:
-            u, indices[i - 1] = drive(i, state[i - 1])
-        idx = None
-        if i + 1 < n_layers and _pooled(model, i + 1):
-            idx = indices.pop(i) if i in indices else drive(i + 1, state[i])[1]
-        indices.pop(i, None)  # state[i] is about to change
-        yield i, u, idx
 
 
 def alternating_drives(
@@ -252,96 +217,59 @@ def settle(
 
 
 @torch.no_grad()
-def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
-    """The contrastive Hebbian update, added to every ``.grad`` (SPEC §2).
+def hebbian_gradients(backend: Backend, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
+    """The contrastive Hebbian update of every parameter of ``model.ep_parameters()``.
 
     ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)``. Per conv layer it is one
-    weight-gradient convolution over the concatenated batch ``[s_l^a, s_l^b]`` against
-    ``[unpool(s_{l+1}^a), −unpool(s_{l+1}^b)]``; per FC layer one GEMM; the read-out gets
-    ``(β_a ∂L/∂θ(s_a) − β_b ∂L/∂θ(s_b)) / (β_a − β_b)``.
+    ``backend.connection_gradients`` over the concatenated batch ``[s_l^a, s_l^b]`` against
+    ``[s_{l+1}^a, −s_{l+1}^b]`` (each half unpooled with its own phase's pool indices); per FC
+    layer one GEMM; the read-out, LE/KDW maps and skip links: :mod:`.shared_terms`.
     """
-    scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
+    scale = shared_terms.hebbian_scale(x, a, b)
     inputs = torch.cat([x, x])
-    grads: list[torch.Tensor] = []
-    for i, spec in enumerate(model.specs):
+    grads: ParamGrads = {}
+    for i, (spec, conn) in enumerate(zip(model.specs, model.connections)):
         signed_out = torch.cat([a.state[i], -b.state[i]])
         if isinstance(spec, Conv) and i == 0:
             # Both phases see the same clamped x (and so the same pool indices): subtract the two
             # halves before the GEMM. Half the FLOPs, and no fp32 cancellation between two large,
             # nearly equal terms.
             inputs, signed_out = x, a.state[0] - b.state[0]
-        gw, _ = connection_grads(model, i, inputs, signed_out)
-        # The bias term is Σ s_a − Σ s_b (unpooling moves values, it does not change their sum):
-        # subtract first, so that fp32 does not cancel two large, nearly equal sums.
-        diff = a.state[i] - b.state[i]
-        gb = diff.sum(0) if diff.dim() == 2 else diff.sum((0, 2, 3))
-        grads += [gw * scale, gb * scale]
+        gw, _ = backend.connection_gradients(model, i, inputs, signed_out)
+        # The bias term: subtract first, so that fp32 does not cancel two large, nearly equal sums.
+        grads[conn.weight] = gw * scale
+        grads[conn.bias] = shared_terms.bias_gradient(a.state[i] - b.state[i]) * scale
         inputs = torch.cat([a.state[i], b.state[i]])
-    if model.out is not None:
-        grads += _readout_grads(model, y, a, b)
-    grads += _aux_grads(model, y, a, b)
-    grads += _skip_grads(model, a, b, scale)
-    params = model.ep_parameters()  # separate feedback weights: eqkern.learning.separate_feedback
-    accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
+    grads.update(shared_terms.small_terms(model, x, y, a, b))
+    return grads
 
 
-def connection_grads(
-    model: CRNN, i: int, inputs: torch.Tensor, out: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(∂/∂W_i, ∂/∂b_i)`` of ``Σ_batch ⟨out, drive(i, inputs)⟩``, the Hebbian product of one
-    connection: one weight-gradient convolution (after unpooling ``out`` with the pool indices of
-    ``inputs``' own forward pass) or one GEMM. ``inputs: (batch, *in_shape)``,
-    ``out: (batch, *state_shapes[i])``.
+class TorchBackend(Backend):
+    """ATen calls: the analytic step and Hebbian update, no autograd (module docstring).
+
+    ``connection_gradients``: ATen's weight-gradient convolution / GEMM (the shared default).
+    Skip links run on the synchronous schedule only: :func:`alternating_drives` has no skip terms.
+    ``unroll`` runs :func:`step` under autograd (BPTT).
     """
-    spec, conn = model.specs[i], model.connections[i]
-    if isinstance(spec, Conv):
-        if spec.pool:
-            idx = energy.drive(model, i, inputs)[1]  # pool indices of each phase's own equilibrium
-            out = energy.unpool(model, i, out, idx, inputs.shape)
-        _, gw, gb = torch.ops.aten.convolution_backward(
-            out, inputs, conn.weight, [conn.weight.shape[0]], [1, 1],
-            [spec.padding] * 2, [1, 1], False, [0, 0], 1, [False, True, True],
-        )
-        return gw, gb
-    return out.t() @ inputs.flatten(1), out.sum(0)
+
+    name = "torch"
+    differentiable = True
+    alternating_skips = False
+
+    def settle(self, model: CRNN, phase: PhaseInputs) -> None:
+        settle(model, phase.x, phase.state, phase.beta, phase.steps, phase.targets,
+               schedule=phase.schedule)
+
+    def unroll(self, model: CRNN, x: torch.Tensor, state: Sequence[torch.Tensor], steps: int, *,
+               schedule: str = "synchronous") -> list[torch.Tensor]:
+        input_drive = energy.drive(model, 0, x)[0]  # constant over the phase: one conv
+        state = list(state)
+        for _ in range(steps):
+            state = step(model, input_drive, state, 0.0, None, schedule)
+        return state
+
+    def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
+        return hebbian_gradients(self, model, x, y, a, b)
 
 
-def _skip_grads(model: CRNN, a: Phase, b: Phase, scale: float) -> list[torch.Tensor]:
-    """The skip links' maps ``R_ij``: ``scale · (a_j a_iᵀ − b_j b_iᵀ)`` summed over the batch."""
-    grads = []
-    for (i, j), link in zip(model.skips, model.skip_links):
-        # a_j a_iᵀ − b_j b_iᵀ = [(a_j − b_j)(a_i + b_i)ᵀ + (a_j + b_j)(a_i − b_i)ᵀ] / 2: the two
-        # phases' differences are taken before the products, so fp32 does not cancel two large,
-        # nearly equal sums (the same FLOPs as one product over the concatenated batch).
-        aj, bj, ai, bi = a.state[j], b.state[j], a.state[i], b.state[i]
-        g = link.weight_grad(aj - bj, ai + bi) + link.weight_grad(aj + bj, ai - bi)
-        grads.append(g * (0.5 * scale))
-    return grads
-
-
-def _readout_grads(model: CRNN, y, a: Phase, b: Phase) -> list[torch.Tensor]:
-    """``(β_a ∂L/∂W_out(s_a) − β_b ∂L/∂W_out(s_b)) / ((β_a − β_b)·batch)`` for CE, and the bias."""
-    onehot = F.one_hot(labels_of(y).long(), model.num_classes)
-    errs, feats = [], []
-    for phase, sign in ((a, 1.0), (b, -1.0)):
-        feat = phase.state[-1].flatten(1)
-        errs.append((torch.softmax(model.out(feat), dim=1) - onehot) * (sign * phase.beta))
-        feats.append(feat)
-    err, feat = torch.cat(errs), torch.cat(feats)
-    norm = 1.0 / ((a.beta - b.beta) * len(onehot))
-    return [err.t() @ feat * norm, err.sum(0) * norm]
-
-
-def _aux_grads(model: CRNN, y, a: Phase, b: Phase) -> list[torch.Tensor]:
-    """The LE projections / KDW maps: ``κ (β_a ∂L_aug/∂θ(s_a) − β_b ∂L_aug/∂θ(s_b)) / (β_a − β_b)``
-    per batch sample (Lin eq. 20, symmetric average for ±β)."""
-    grads = []
-    for j, i in enumerate(model.augment.layers if len(model.aux) else ()):
-        mod, total = model.aux_module(j), None
-        for phase, sign in ((a, 1.0), (b, -1.0)):
-            s = phase.state[i]
-            g = aux_weight_grad(model.augment, mod, aux_error(model.augment, mod, j, s, y), s)
-            g = g * (sign * phase.beta)
-            total = g if total is None else total + g
-        grads.append(total * (model.kappa / ((a.beta - b.beta) * len(labels_of(y)))))
-    return grads
+BACKEND = TorchBackend()

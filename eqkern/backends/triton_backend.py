@@ -1,6 +1,8 @@
-"""Backend ``triton``: the analytic settling step and Hebbian update of :mod:`.analytic` as fused kernels.
+"""Backend ``triton`` (:class:`TritonBackend`): the analytic settling step and Hebbian update of
+:mod:`.torch_backend` as fused kernels.
 
-Same schedule and same terms as :mod:`.analytic` (compare the two line by line); per step and layer:
+Same schedule and same terms as :mod:`.torch_backend` (compare the two line by line); per step and
+layer:
 
     bottom-up  u_l = P_{l-1}(W_{l-1} * s_{l-1} + b_{l-1})   eqkern::forward_pool_triton (indices too)
     top-down   d_l = conv_transpose(unpool(s_{l+1}, idx_l), W_l)  ┐ eqkern::feedback_settle_triton:
@@ -12,9 +14,11 @@ Two launches per layer and step, none for the unpooled map or ``d_l`` (never in 
 updated in place in the order 1…N: layer ``l``'s forward conv (giving ``u_{l+1}`` and ``idx_l``) runs
 before the launch that overwrites ``s_l``, and ``s_{l+1}`` is still the old one when ``d_l`` is read,
 which equals the synchronous update; ``schedule="alternating"`` runs the same launches in
-:func:`.analytic.alternating_inputs`'s order (even layers, then odd ones). A fully connected
+:func:`.update_order.alternating_inputs`'s order (even layers, then odd ones). A fully connected
 connection runs through the same kernels as a 1×1 convolution on a 1×1 map (its input flattened
-to ``(B, F, 1, 1)``).
+to ``(B, F, 1, 1)``). The Hebbian update (:func:`hebbian_gradients`) is one
+``eqkern::hebbian_triton`` launch per layer, and :meth:`TritonBackend.connection_gradients` (the
+rules FRE, VF, KP-VF) runs the same kernel on one phase.
 
 Dtypes: fp32, fp16 and bf16 storage with fp32 arithmetic inside the kernels; fp64 storage runs the
 same kernels with fp64 loads, dots and epilogue (the interpreter and the GPU both support fp64
@@ -32,8 +36,9 @@ import torch
 from eqkern.model import energy
 from eqkern.model.activations import ACTIVATION_CODES
 from eqkern.model.crnn import CRNN, Conv
-from eqkern.backends import torch_backend as analytic
-from eqkern.backends.base import Phase, accumulate_grads, nudged, schedule_groups
+from eqkern.backends import shared_terms
+from eqkern.backends.base import Backend, ParamGrads, Phase, PhaseInputs, nudged
+from eqkern.backends.update_order import alternating_inputs, schedule_groups
 
 
 def _kernels():
@@ -72,21 +77,26 @@ def drive(model: CRNN, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.
     return u, (idx if pool else None)
 
 
+def _feedback_pool_indices(model: CRNN, i: int, s_in: torch.Tensor) -> torch.Tensor:
+    """The arg-max of ``P(B_i * s_in)`` (no bias), by the forward launch (separate feedback)."""
+    forward_pool, _, _ = _kernels()
+    weight, _, _, padding, _ = _conn(model, i)
+    back = model.feedback_weight(i).view(weight.shape)
+    return forward_pool(_as_input(model, i, s_in), back, back.new_zeros(back.shape[0]), padding, True)[1]
+
+
 def _feedback(
     model: CRNN, i: int, s_in: torch.Tensor, idx: torch.Tensor | None
 ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """``(weight, padding, idx)`` of connection ``i``'s top-down term, ``idx`` from :func:`drive`.
 
-    Symmetric: ``W_i`` and ``idx``. Separate feedback: ``B_i`` and, with a pool, the arg-max of
-    ``P(B_i * s_in)`` (no bias; one more forward launch, see ``energy.feedback_indices``)."""
-    weight, _, _, padding, pool = _conn(model, i)
-    if not model.separate_feedback:
-        return weight, padding, idx
-    weight = model.feedback_weight(i).view(weight.shape)
-    if pool:
-        forward_pool, _, _ = _kernels()
-        zero_bias = weight.new_zeros(weight.shape[0])
-        idx = forward_pool(_as_input(model, i, s_in), weight, zero_bias, padding, True)[1]
+    Symmetric: ``W_i`` and ``idx``. Separate feedback: ``B_i`` and the indices of
+    ``energy.feedback_indices``, computed by this backend's forward launch."""
+    weight, _, _, padding, _ = _conn(model, i)
+    if model.separate_feedback:
+        weight = model.feedback_weight(i).view(weight.shape)
+    idx = energy.feedback_indices(model, i, s_in, idx,
+                                  pool_indices=lambda j, s: _feedback_pool_indices(model, j, s))
     return weight, padding, idx
 
 
@@ -138,11 +148,11 @@ def step_(
 ) -> None:
     """One step of ``schedule``, in place on ``state`` (two launches per layer).
 
-    Alternating: the order and the pool indices of :func:`.analytic.alternating_inputs`, with
+    Alternating: the order and the pool indices of :func:`.update_order.alternating_inputs`, with
     this backend's forward launch as the drive (``indices``: see there)."""
     schedule_groups(len(state), schedule)  # rejects an unknown schedule
     if schedule == "alternating":
-        inputs = analytic.alternating_inputs(model, lambda j, s_in: drive(model, j, s_in),
+        inputs = alternating_inputs(model, lambda j, s_in: drive(model, j, s_in),
                                              input_drive, state, {} if indices is None else indices)
         for i, u, idx in inputs:
             _settle_layer(model, state, i, u, idx, beta, y)
@@ -188,19 +198,20 @@ def settle(
 
 
 @torch.no_grad()
-def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: Phase) -> None:
-    """The contrastive Hebbian update, added to every ``.grad`` (SPEC §2), one launch per layer.
+def hebbian_gradients(model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
+    """The contrastive Hebbian update of every parameter of ``model.ep_parameters()``, one launch
+    per layer.
 
     ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)``. Per layer one
     ``eqkern::hebbian_triton`` launch over both phases (weight and bias), after one
     ``forward_pool`` launch for the pool indices of each phase's own equilibrium (one for layer 0,
     whose input ``x`` both phases share); the read-out, the LE/KDW maps and the skip links get the
-    analytic backend's torch GEMMs.
+    torch GEMMs of :mod:`.shared_terms`.
     """
     _, _, hebbian = _kernels()
-    scale = -1.0 / ((a.beta - b.beta) * x.shape[0])
+    scale = shared_terms.hebbian_scale(x, a, b)
     in_a = in_b = x
-    grads: list[torch.Tensor] = []
+    grads: ParamGrads = {}
     for i, conn in enumerate(model.connections):
         _, _, kernel_size, padding, pool = _conn(model, i)
         ia, ib = _as_input(model, i, in_a), _as_input(model, i, in_b)
@@ -214,11 +225,72 @@ def hebbian_update(model: CRNN, x: torch.Tensor, y: torch.Tensor, a: Phase, b: P
         # Layer 0: both phases see the same clamped x; the kernel subtracts before the GEMM.
         gw, gb = hebbian(ia, ib, _as_map(a.state[i]), _as_map(b.state[i]), idx_a, idx_b,
                          kernel_size, padding, scale, i == 0)
-        grads += [gw.view_as(conn.weight), gb]
+        grads[conn.weight], grads[conn.bias] = gw.view_as(conn.weight), gb
         in_a, in_b = a.state[i], b.state[i]
-    if model.out is not None:
-        grads += analytic._readout_grads(model, y, a, b)
-    grads += analytic._aux_grads(model, y, a, b)
-    grads += analytic._skip_grads(model, a, b, scale)
-    params = model.ep_parameters()  # separate feedback weights: eqkern.learning.separate_feedback
-    accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
+    grads.update(shared_terms.small_terms(model, x, y, a, b))
+    return grads
+
+
+def _reason(device: torch.device) -> str | None:
+    """Why the kernels cannot run on ``device``: triton must import; on cpu they must be
+    interpreted, which ``TRITON_INTERPRET=1`` decides when ``eqkern.kernels.triton`` is imported."""
+    import os
+    import sys
+
+    from eqkern.kernels import native
+
+    version, error = native.triton_status()
+    if version is None:
+        return f"{error} (install triton>=3.6)"
+    if device.type == "cuda":
+        return None
+    if device.type != "cpu":
+        return f"the triton backend runs on cuda (and on cpu in the interpreter), not {device.type}"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "triton runs on cpu only in interpreter mode: set TRITON_INTERPRET=1 before importing eqkern"
+    loaded = sys.modules.get("eqkern.kernels.triton._common")
+    if loaded is not None and not loaded.INTERPRET:
+        return ("eqkern.kernels.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are "
+                "compiled for a GPU: set it before the first import")
+    return None
+
+
+class TritonBackend(Backend):
+    """Fused Triton kernels: two launches per layer and step, one per layer and update.
+
+    ``connection_gradients`` (FRE, VF, KP-VF) runs the Hebbian kernel too (``eqkern::hebbian_triton``
+    with a zero second phase in its same-input mode). Skip links run on the synchronous schedule
+    only: the alternating step has no skip terms.
+    """
+
+    name = "triton"
+    alternating_skips = False
+
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        return _reason(device)
+
+    def settle(self, model: CRNN, phase: PhaseInputs) -> None:
+        settle(model, phase.x, phase.state, phase.beta, phase.steps, phase.targets,
+               schedule=phase.schedule)
+
+    def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
+        return hebbian_gradients(model, x, y, a, b)
+
+    @torch.no_grad()
+    def connection_gradients(self, model: CRNN, i: int, inputs: torch.Tensor, out: torch.Tensor,
+                             indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base method's product by the Hebbian kernel (see the class docstring)."""
+        _, _, hebbian = _kernels()
+        _, _, kernel_size, padding, pool = _conn(model, i)
+        if pool and indices is None:
+            indices = drive(model, i, inputs)[1]  # W_i's own pool indices at inputs
+        idx = indices if pool else None
+        s_in, s_out = _as_input(model, i, inputs), _as_map(out)
+        # ⟨out, ·⟩ is the a-phase of the kernel against a zero b-phase; same_input skips the
+        # second im2col (the "difference" out − 0 is formed before the one dot).
+        gw, gb = hebbian(s_in, s_in, s_out, torch.zeros_like(s_out), idx, idx, kernel_size, padding,
+                         1.0, True)
+        return gw.view_as(model.connections[i].weight), gb
+
+
+BACKEND = TritonBackend()

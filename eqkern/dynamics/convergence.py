@@ -1,4 +1,4 @@
-"""Running one phase: a fixed number of steps, or until the state stops moving.
+"""Running one phase on a backend: a fixed number of steps, or until the state stops moving.
 
 The convergence stop is one generic loop above the backends (any backend, any schedule): run
 ``check_every − 1`` steps through the backend, keep a copy of the state, run one more step and
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-from types import ModuleType
+from dataclasses import replace
 
 import torch
 
+from eqkern.backends.base import Backend, PhaseInputs
 from eqkern.model.crnn import CRNN
 
 logger = logging.getLogger("eqkern")
@@ -32,56 +33,44 @@ def check_stop_args(tol: float | None, check_every: int) -> None:
         raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
 
 
-def backend_settle(
-    be: ModuleType,
-    model: CRNN,
-    x: torch.Tensor,
-    state: list[torch.Tensor],
-    beta: float | torch.Tensor,
-    steps: int,
-    y,
-    schedule: str = "synchronous",
-) -> None:
-    """``steps`` steps of ``schedule`` through backend module ``be``, in place on ``state``."""
+def backend_settle(be: Backend, model: CRNN, phase: PhaseInputs, steps: int) -> None:
+    """``steps`` steps of ``phase`` through backend ``be``, in place on ``phase.state``."""
     if steps > 0:
-        be.settle(model, x, state, beta, steps, y, schedule=schedule)
+        be.settle(model, replace(phase, steps=steps))
 
 
 def run_phase(
-    be: ModuleType,
+    be: Backend,
     model: CRNN,
-    x: torch.Tensor,
-    state: list[torch.Tensor],
-    beta: float | torch.Tensor,
-    steps: int,
-    y,
+    phase: PhaseInputs,
     *,
-    schedule: str = "synchronous",
     tol: float | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
 ) -> int:
-    """Settle ``state`` in place and return the number of steps run.
+    """Settle ``phase.state`` in place on backend ``be`` and return the number of steps run.
 
-    ``tol=None``: exactly ``steps`` steps. Otherwise stop at the first check (every
+    ``tol=None``: exactly ``phase.steps`` steps. Otherwise stop at the first check (every
     ``check_every`` steps, and at the cap) where ``max_l max |s_l(t) − s_l(t−1)| < tol``; at most
-    ``steps`` steps. The arguments are assumed checked (:func:`check_stop_args`).
+    ``phase.steps`` steps. The arguments are assumed checked (:func:`check_stop_args`).
     """
+    steps, state = phase.steps, phase.state
     if tol is None:
-        backend_settle(be, model, x, state, beta, steps, y, schedule)
+        backend_settle(be, model, phase, steps)
         return steps
     last = [torch.empty_like(s) for s in state]
     used, change = 0, float("nan")
     while used < steps:
         chunk = min(check_every, steps - used)
-        backend_settle(be, model, x, state, beta, chunk - 1, y, schedule)
+        backend_settle(be, model, phase, chunk - 1)
         for p, s in zip(last, state):
             p.copy_(s)
-        backend_settle(be, model, x, state, beta, 1, y, schedule)
+        backend_settle(be, model, phase, 1)
         used += chunk
         change = torch.stack([(s - p).abs().amax() for s, p in zip(state, last)]).amax().item()
         if change < tol:
             break
-    logger.debug("eqkern: phase (beta=%s, %s) used %d of %d steps, last change %.3g (tol %g)",
-                 "per-sample" if isinstance(beta, torch.Tensor) else beta, schedule, used, steps,
-                 change, tol)
+    beta = phase.beta
+    logger.debug("eqkern: phase (beta=%s, %s, backend %s) used %d of %d steps, last change %.3g "
+                 "(tol %g)", "per-sample" if isinstance(beta, torch.Tensor) else beta,
+                 phase.schedule, be.name, used, steps, change, tol)
     return used

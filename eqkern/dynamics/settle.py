@@ -1,4 +1,8 @@
-"""``settle``: run the neuron dynamics of a CRNN for a number of steps on the selected backend."""
+"""``settle``, ``free_phase``: run the neuron dynamics of a CRNN on the selected backend.
+
+The backend is picked by :func:`eqkern.backends.get_backend` (by name, ``$EQKERN_BACKEND``, or the
+fastest that can run the model) and the phase runs through :func:`.convergence.run_phase`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 import torch
 
 from eqkern.backends import get_backend
+from eqkern.backends.base import PhaseInputs
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
 from eqkern.model.crnn import CRNN, register_free_phase
 
@@ -64,8 +69,9 @@ def settle(
         backend: ``"reference"``, ``"torch"``, ``"cpp"``, ``"triton"``; default ``$EQKERN_BACKEND``
             or the fastest.
         schedule: ``"synchronous"`` (every layer from the same state) or ``"alternating"`` (even
-            layers 0, 2, … first, then the odd ones from the new even ones; with skip links only
-            on ``eqkern.backends.ALTERNATING_SKIP_BACKENDS``).
+            layers 0, 2, … first, then the odd ones from the new even ones). A backend that
+            cannot run the model with it (skip links on the alternating schedule: torch and
+            triton) is a ValueError that says why; the default then picks one that can.
         tol: stop early once the largest absolute change of one step (over layers and elements)
             is below ``tol``, checked every ``check_every`` steps (one host sync per check).
         return_steps: also return the number of steps run.
@@ -78,7 +84,7 @@ def settle(
     check_stop_args(tol, check_every)
     model.check_state(state, x.shape[0])
     be = get_backend(backend, x.device, model, schedule=schedule)
-    used = run_phase(be, model, x, state, beta, steps, targets, schedule=schedule, tol=tol,
+    used = run_phase(be, model, PhaseInputs(x, state, beta, steps, targets, schedule), tol=tol,
                      check_every=check_every)
     return (state, used) if return_steps else state
 
@@ -101,7 +107,7 @@ def free_phase(
     check_stop_args(tol, check_every)
     state = model.init_state(x.shape[0], like=x)
     be = get_backend(backend, x.device, model, schedule=schedule)
-    used = run_phase(be, model, x, state, 0.0, t_free, None, schedule=schedule, tol=tol,
+    used = run_phase(be, model, PhaseInputs(x, state, 0.0, t_free, None, schedule), tol=tol,
                      check_every=check_every)
     return (state, used) if return_steps else state
 

@@ -1,8 +1,9 @@
-"""Loading of the native extension ``eqkern._C`` and a report of what was built and what can run.
+"""Loading of the native extension ``eqkern._C``, what was built, and whether triton imports.
 
 Importing this module tries to load ``eqkern._C`` once (which registers the ``eqkern::*`` C++/CUDA
 kernels with the dispatcher). A failure is kept, not raised: the pure-torch backends work without
-it, and :func:`cpp_load_error` / :func:`info` say why it is missing. ``EQKERN_FORCE_SKIP_LOADING_SO=1``
+it, and :func:`cpp_load_error` says why it is missing (``eqkern info``, :mod:`eqkern.tools.info`,
+reports it with the backends' own availability probes). ``EQKERN_FORCE_SKIP_LOADING_SO=1``
 skips loading on purpose (for example to rule out a broken build).
 """
 
@@ -10,11 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import json
 import os
-import platform
-import sys
 from pathlib import Path
 
 import torch
@@ -69,15 +67,8 @@ def build_info() -> dict:
         return {}
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 @functools.cache
-def _triton() -> tuple[str | None, str | None]:
+def triton_status() -> tuple[str | None, str | None]:
     """(triton version, None) if `import triton` works, else (None, why not). Imports once."""
     try:
         import triton
@@ -86,76 +77,4 @@ def _triton() -> tuple[str | None, str | None]:
     return triton.__version__, None
 
 
-def _triton_prerequisite(device: str, gpu_visible: bool) -> str | None:
-    """Why the triton backend could not run on `device` even once it exists, or None."""
-    version, error = _triton()
-    if version is None:
-        return error
-    if device == "cuda" and not gpu_visible:
-        return "no CUDA GPU visible"
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "triton runs on cpu only in interpreter mode (set TRITON_INTERPRET=1)"
-    return None
-
-
-def _cpp_reason(device: str) -> str | None:
-    if not cpp_available():
-        return f"eqkern._C is not available: {cpp_load_error()}"
-    if device == "cuda" and not cuda_kernels_registered():
-        return "eqkern._C was built without CUDA kernels: " + str(
-            build_info().get("reason") or "see build info")
-    return None
-
-
-def info() -> dict:
-    """Versions, what was built, and which backends can run on which device (with reasons).
-
-    ``backends[device][name]`` is ``{"available": bool, "reason": str | None}``: whether the backend
-    is installed for that device (``cpp`` on cuda = CUDA kernels registered), independent of whether
-    a GPU is visible right now (that is ``cuda_devices``), as in ``eqkern.backends``.
-    """
-    gpu_count = torch.cuda.device_count()  # asks the driver; 0 without one (no CUDA init error)
-    built = build_info()
-    backends: dict[str, dict[str, dict]] = {}
-    for device in ("cpu", "cuda"):
-        reasons = {"reference": None, "torch": None, "cpp": _cpp_reason(device)}
-        prereq = _triton_prerequisite(device, gpu_count > 0)
-        reasons["triton"] = prereq if device == "cpu" else _triton_prerequisite(device, True)
-        backends[device] = {k: {"available": v is None, "reason": v} for k, v in reasons.items()}
-    return {
-        "versions": {
-            "eqkern": _version("eqkern") or getattr(sys.modules.get("eqkern"), "__version__", None),
-            "torch": torch.__version__,
-            "torch_cuda": torch.version.cuda,
-            "python": platform.python_version(),
-            "numpy": _version("numpy"),
-            "triton": _triton()[0],
-        },
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(gpu_count)],
-        "cpu_threads": torch.get_num_threads(),
-        "build": built or {"reason": "no eqkern/_build_info.json: the package was not built/installed"},
-        "cpp": {"loaded": cpp_available(), "error": cpp_load_error(),
-                "cuda_kernels_registered": cuda_kernels_registered()},
-        "backends": backends,
-    }
-
-
-def format_info(d: dict) -> str:
-    """Human-readable text for :func:`info`'s dict."""
-    v = d["versions"]
-    lines = ["eqkern " + str(v["eqkern"] or "(not installed)")]
-    lines += [f"  {k:<13}{val if val is not None else 'not installed'}" for k, val in v.items()
-              if k != "eqkern"]
-    lines.append(f"  {'GPUs':<13}{', '.join(d['cuda_devices']) or 'none visible'}")
-    lines.append(f"  {'CPU threads':<13}{d['cpu_threads']}")
-    lines.append("build:")
-    lines += [f"  {k:<15}{val}" for k, val in sorted(d["build"].items())]
-    cpp = d["cpp"]
-    lines.append("eqkern._C: " + ("loaded" if cpp["loaded"] else f"NOT loaded: {cpp['error']}")
-                 + ("" if not cpp["loaded"] else
-                    f" (CUDA kernels {'registered' if cpp['cuda_kernels_registered'] else 'not built'})"))
-    lines.append("backends:" + ("" if d["cuda_devices"] else " (cuda: none can run here, no GPU is visible)"))
-    for device, entries in d["backends"].items():
-        for name, e in entries.items():
-            lines.append(f"  {device:<5}{name:<10}" + ("yes" if e["available"] else f"no: {e['reason']}"))
-    return "\n".join(lines)
+_triton = triton_status  # the former private name (tests/kernels use it)

@@ -199,7 +199,7 @@ def settle(
     x: (batch, *input_shape); state: one (batch, *layer_shape) tensor per layer, same dtype and
     device as x, any strides; beta: a float, or a ``(batch,)`` tensor of one β per sample;
     targets: (batch,) integer class ids, needed when β ≠ 0. schedule: ``"synchronous"`` (each step
-    updates the layers in the order 0..N-1 exactly as ``eqkern.backends.analytic``:
+    updates the layers in the order 0..N-1 exactly as ``eqkern.backends.torch_backend``:
     ``s_l ← ρ_l(α_l·P(W_{l-1} * s_{l-1} + b) + γ_l·conv_transpose(unpool(s_{l+1}), W_l) + n_l)``)
     or ``"alternating"`` (even layers, then odd layers from the new even ones).
     """

@@ -1,5 +1,8 @@
 """BPTT for the same network and the same free phase: autograd through the settling steps.
 
+The steps are those of a ``differentiable`` backend (:meth:`eqkern.backends.base.Backend.unroll`;
+``torch`` by default), so BPTT and EP run the same dynamics.
+
 Used as the baseline EP is checked against (GDU, Ernoult et al. 2019) and compared with in
 memory. Its graph grows as ``O(T · Σ|s_l|)``: the point of EP is not to need it.
 """
@@ -11,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from eqkern.model import energy
-from eqkern.backends import analytic
-from eqkern.backends.base import schedule_groups
+from eqkern.backends import BACKENDS, get_backend
+from eqkern.backends.base import Backend, PhaseInputs, schedule_groups
 from eqkern.learning.ep import scalar
 from eqkern.model.crnn import CRNN
 from eqkern.dynamics.settle import check_phase_args
@@ -35,6 +38,7 @@ def bptt_gradients(
     t_free: int,
     truncate: int | None = None,
     schedule: str = "synchronous",
+    backend: str | None = None,
 ) -> BPTTResult:
     """Add ``∂L(s_T)/∂θ`` (mean over the batch; ``L = L_EP + κ Σ L_aug`` with augmentation) to
     every ``.grad``, backpropagating through time.
@@ -44,6 +48,8 @@ def bptt_gradients(
     state is a constant, as in Laborieux's ``check_gdu``. ``schedule``: the schedule of the steps
     unrolled (``"synchronous"`` or ``"alternating"``), so that EP run with a schedule is compared
     with BPTT through the same dynamics.
+    ``backend``: a ``differentiable`` backend (its steps unroll under autograd), ``"torch"`` by
+    default; a backend that is not is a ValueError that says why.
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids.
     """
     truncate = t_free if truncate is None else truncate
@@ -51,15 +57,27 @@ def bptt_gradients(
         raise ValueError(f"truncate must be in 1..t_free={t_free}, got {truncate}")
     check_phase_args(model, x, 0.0, t_free, y)
     schedule_groups(model.num_layers, schedule)  # rejects an unknown schedule
+    be = differentiable_backend(backend, x.device, model, schedule)
     state = model.init_state(x.shape[0], like=x)
-    analytic.settle(model, x, state, 0.0, t_free - truncate, None, schedule=schedule)
+    with torch.no_grad():
+        be.settle(model, PhaseInputs(x, state, 0.0, t_free - truncate, None, schedule))
     with torch.enable_grad():
-        input_drive = energy.drive(model, 0, x)[0]
-        for _ in range(truncate):
-            state = analytic.step(model, input_drive, state, 0.0, None, schedule)
+        state = be.unroll(model, x, state, truncate, schedule=schedule)
         loss = energy.total_loss(model, state, y) / x.shape[0]
         loss.backward()
     final = [s.detach() for s in state]
     with torch.no_grad():
         predictions = model.predict(final)
     return BPTTResult(final, predictions, scalar(loss))
+
+
+def differentiable_backend(name: str | None, device: torch.device, model: CRNN,
+                           schedule: str = "synchronous") -> Backend:
+    """The backend BPTT unrolls: ``name`` (default ``"torch"``), which must be differentiable."""
+    name = name or "torch"
+    if name in BACKENDS and not BACKENDS[name].differentiable:
+        raise ValueError(f"bptt_gradients needs a differentiable backend, and {name!r} is not: "
+                         f"its steps run without autograd; differentiable: "
+                         f"{[n for n, be in BACKENDS.items() if be.differentiable]}")
+    return get_backend(name, device, model, schedule=schedule)
+

@@ -1,4 +1,11 @@
-"""The EP learning rule: three-phase symmetric, one-sided and random-sign estimates (SPEC §2)."""
+"""The EP learning rule: three-phase symmetric, one-sided and random-sign estimates.
+
+:func:`ep_gradients` runs the phases on the selected backend, asks it for the Hebbian gradients
+(a dict keyed by parameter), lets the rule edit them (FRE-RNN replaces them, the separate-feedback
+rules replace ``W_l``'s and add ``B_l``'s, all through the same backend) and writes them into
+``.grad`` once, by :func:`eqkern.backends.base.accumulate_grads`, which leaves parameters with
+``requires_grad=False`` alone.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,12 @@ from typing import Literal
 import torch
 
 from eqkern.model import energy
-from eqkern.learning.separate_feedback import feedback_update, resolve_rule
+from eqkern.learning.separate_feedback import feedback_gradients, resolve_rule
 from eqkern.model.auxiliary import repeat_targets
 from eqkern.backends import get_backend
-from eqkern.backends.base import Phase
+from eqkern.backends.base import Phase, PhaseInputs, accumulate_grads
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
-from eqkern.learning.fre import fre_update
+from eqkern.learning.fre import fre_gradients
 from eqkern.model.crnn import CRNN
 from eqkern.dynamics.settle import check_phase_args
 
@@ -83,10 +90,12 @@ def ep_gradients(
     calls for both; with ``tol`` the
     pair stops when neither half moves by ``tol`` any more.
     ``rule="fre"`` replaces the contrastive update by FRE-RNN's ``ΔW_i = ds_{i+1} (s_i^0)ᵀ``
-    (no ``1/β``, read-out at the free state; :mod:`eqkern.fre`) on the same phases.
+    (no ``1/β``, read-out at the free state; :mod:`eqkern.learning.fre`) on the same phases.
+    Every rule runs on the selected backend (``backend``; see :func:`eqkern.settle`).
 
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
+    A parameter with ``requires_grad=False`` gets no gradient (its ``.grad`` is left as it is).
 
     Separate feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.learning.separate_feedback`): ``rule``
     is ``"kp-vf"`` (the default for such a model: ``W_l`` and ``B_l`` get the same update, Laborieux
@@ -111,8 +120,8 @@ def ep_gradients(
         beta = beta * sign
 
     def phase(inputs, state, b, steps, targets) -> int:
-        return run_phase(be, model, inputs, state, b, steps, targets, schedule=schedule, tol=tol,
-                         check_every=check_every)
+        return run_phase(be, model, PhaseInputs(inputs, state, b, steps, targets, schedule),
+                         tol=tol, check_every=check_every)
 
     with torch.no_grad():
         state = model.init_state(batch, like=x)
@@ -133,12 +142,13 @@ def ep_gradients(
             else:
                 other = Phase(free, 0.0)
         if rule == "fre":
-            fre_update(model, x, y, free, Phase(plus, beta), other, nominal)
-        elif model.separate_feedback:
-            feedback_update(model, x, y, Phase(plus, beta), other, free, rule=rule,
-                            leakage=float(leakage), hebbian=be.hebbian_update)
+            grads = fre_gradients(be, model, x, y, free, Phase(plus, beta), other, nominal)
         else:
-            be.hebbian_update(model, x, y, Phase(plus, beta), other)
+            grads = be.hebbian_gradients(model, x, y, Phase(plus, beta), other)
+            if model.separate_feedback:
+                feedback_gradients(be, model, grads, Phase(plus, beta), other, free, rule=rule,
+                                   leakage=float(leakage))
+        accumulate_grads(grads)
         loss = scalar(energy.loss(model, free[-1], y)) / batch
         predictions = model.predict(free)
     return EPResult(free, predictions, loss, beta, free_steps, nudge_steps, total)

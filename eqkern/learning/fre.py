@@ -12,8 +12,10 @@ and a skip link ``R_ij`` by ``ds_j · (s_i^0)ᵀ``. Unlike the contrastive rule 
 the hidden-layer steps scale with ``β`` (and with the feedback scales γ below the output), which
 is the paper's implicit layer-wise learning rate (§4.3). For a conv layer ``ds·sᵀ`` is the
 weight-gradient convolution of ``⟨ds_{i+1}, P_i(W_i * s_i^0 + b_i)⟩`` (max-unpool with the free
-state's pool indices, Algorithm S2). Written into ``.grad`` as ``−Δ/batch`` (the paper's code
-averages over the batch), so that any ``torch.optim`` optimizer descends along ``Δ``.
+state's pool indices, Algorithm S2), computed by the selected backend's
+:meth:`~eqkern.backends.base.Backend.connection_gradients`. The gradients are ``−Δ/batch`` (the
+paper's code averages over the batch), so that any ``torch.optim`` optimizer descends along ``Δ``;
+:func:`eqkern.learning.ep.ep_gradients` writes them into ``.grad``.
 
 With the symmetric estimate ``ds = (s^{+β} − s^{−β})/2``; with a random sign, ``ds`` is taken
 with the sign of β, so that it always estimates the one-sided ``s^{|β|} − s^0``.
@@ -27,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from eqkern.model.auxiliary import labels_of
-from eqkern.backends.torch_backend import connection_grads
-from eqkern.backends.base import Phase, accumulate_grads
+from eqkern.backends.base import Backend, ParamGrads, Phase
 from eqkern.model.crnn import CRNN
 
 
 @torch.no_grad()
-def fre_update(
+def fre_gradients(
+    backend: Backend,
     model: CRNN,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -41,9 +43,10 @@ def fre_update(
     a: Phase,
     b: Phase,
     beta: float,
-) -> None:
-    """Add the FRE-RNN update ``−ΔW/batch`` to every ``.grad`` (see the module docstring).
+) -> ParamGrads:
+    """The FRE-RNN update ``−ΔW/batch`` of every parameter (see the module docstring).
 
+    ``backend``: the selected backend, whose ``connection_gradients`` computes each ``ds·sᵀ``.
     ``x: (batch, *input_shape)``; ``y: (batch,)`` class ids; ``free``: the free equilibrium ``s^0``
     (one ``(batch, *shape)`` tensor per layer); ``a``, ``b``: the two phases the estimate contrasts
     (``(s^β, β)`` and ``(s^0, 0)`` one-sided, ``(s^{+β}, β)`` and ``(s^{−β}, −β)`` symmetric);
@@ -56,18 +59,18 @@ def fre_update(
     factor = abs(beta) / (a.beta - b.beta)
     ds = [(sa - sb) * factor for sa, sb in zip(a.state, b.state)]
     scale = -1.0 / batch
-    grads: list[torch.Tensor] = []
+    grads: ParamGrads = {}
     inputs = x
-    for i in range(model.num_layers):
-        gw, gb = connection_grads(model, i, inputs, ds[i])
-        grads += [gw * scale, gb * scale]
+    for i, conn in enumerate(model.connections):
+        # unpooled with the free state's own pool indices (the default of connection_gradients)
+        gw, gb = backend.connection_gradients(model, i, inputs, ds[i])
+        grads[conn.weight], grads[conn.bias] = gw * scale, gb * scale
         inputs = free[i]
     if model.out is not None:
         feat = free[-1].flatten(1)
         onehot = F.one_hot(labels_of(y).long(), model.num_classes).to(feat.dtype)
         err = torch.softmax(model.out(feat), dim=1) - onehot  # −(s_tar − s_p^0)
-        grads += [err.t() @ feat / batch, err.sum(0) / batch]
+        grads[model.out.weight], grads[model.out.bias] = err.t() @ feat / batch, err.sum(0) / batch
     for (i, j), link in zip(model.skips, model.skip_links):
-        grads.append(link.weight_grad(ds[j], free[i]) * scale)
-    params = list(model.parameters())
-    accumulate_grads(*zip(*[(p, g) for p, g in zip(params, grads) if p.requires_grad]))
+        grads[link.weight] = link.weight_grad(ds[j], free[i]) * scale
+    return grads

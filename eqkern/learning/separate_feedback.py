@@ -22,6 +22,9 @@ Two rules, both written to ``.grad`` as descent directions (per-sample mean), fo
 
 Everything else (``W_0``, which reads the clamped input and has no ``B_0``, the biases, the
 read-out and the LE/KDW maps) gets the backend's ordinary EP update, which is eq. 42/45's for them.
+Both rules run on the selected backend: :func:`feedback_gradients` edits the dict of
+``Backend.hebbian_gradients`` with products of ``Backend.connection_gradients``, and
+:func:`eqkern.learning.ep.ep_gradients` writes the result into ``.grad`` once.
 
 The leakage ``λ`` (``ep_gradients(..., leakage=λ)``) adds ``λ·W_l`` and ``λ·B_l`` to the two
 gradients: exactly the ``weight_decay=λ`` of ``torch.optim.SGD`` on those tensors, which is how
@@ -38,8 +41,8 @@ from typing import Sequence
 import torch
 
 from eqkern.model import energy
-from eqkern.backends.base import Phase, accumulate_grads
-from eqkern.model.crnn import CRNN, Conv
+from eqkern.backends.base import Backend, ParamGrads, Phase
+from eqkern.model.crnn import CRNN
 
 # "ep": the contrastive Hebbian update (B_l fixed for a separate model); "fre": FRE-RNN's
 # ΔW_i = ds_{i+1} s_iᵀ (eqkern.fre, symmetric models); "vf", "kp-vf": separate feedback (below).
@@ -83,55 +86,37 @@ def weight_angles(model: CRNN) -> list[float]:
     return angles
 
 
-def _weight_grad(model: CRNN, i: int, s_in: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
-    """``∂⟨g_out, W * s_in⟩/∂W`` for connection ``i`` (``g_out`` already unpooled): one conv
-    weight-gradient, or one GEMM for FC. ``s_in: (batch, *input of i)``."""
-    spec, weight = model.specs[i], model.connections[i].weight
-    if isinstance(spec, Conv):
-        return torch.ops.aten.convolution_backward(
-            g_out, s_in, weight, None, [1, 1], [spec.padding] * 2, [1, 1], False, [0, 0], 1,
-            [False, True, False])[1]
-    return g_out.t() @ s_in.flatten(1)
-
-
-def _unpooled(model: CRNN, i: int, s_out: torch.Tensor, idx: torch.Tensor | None,
-              in_shape: torch.Size) -> torch.Tensor:
-    """``s_out`` scattered back through pool indices ``idx`` (as it is without a pool)."""
-    return s_out if idx is None else energy.unpool(model, i, s_out, idx, in_shape)
-
-
-def _indices(model: CRNN, i: int, s_in: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Pool indices of connection ``i`` at input ``s_in``: of ``W_i`` (with its bias) and of ``B_i``."""
-    idx_w = energy.drive(model, i, s_in)[1]
-    return idx_w, energy.feedback_indices(model, i, s_in, idx_w)
-
-
 def rule_gradients(
-    model: CRNN, a: Phase, b: Phase, free: Sequence[torch.Tensor], rule: str
+    backend: Backend, model: CRNN, a: Phase, b: Phase, free: Sequence[torch.Tensor], rule: str
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(g_W_l, g_B_l)`` for ``l = 1 … N-1`` by ``rule`` (``"vf"`` or ``"kp-vf"``, see the module),
-    descent directions averaged over the batch. ``free``: the free equilibrium ``s*``."""
+    descent directions averaged over the batch. ``free``: the free equilibrium ``s*``. Each
+    weight-gradient product is ``backend.connection_gradients``, unpooled through ``W_l``'s own
+    pool indices (its default) or ``B_l``'s (``energy.feedback_indices``)."""
     batch = free[0].shape[0]
     scale = -1.0 / ((a.beta - b.beta) * batch)
+
+    def weight_grad(i, inputs, out, indices=None):
+        return backend.connection_gradients(model, i, inputs, out, indices)[0]
+
     grads = []
     for i in range(1, model.num_layers):
         if rule == "kp-vf":
             # Both phases in one weight-gradient: inputs [s^a_{l-1}, s^b_{l-1}], outputs ±s_l.
             s_in = torch.cat([a.state[i - 1], b.state[i - 1]])
             signed = torch.cat([a.state[i], -b.state[i]])
-            idx_w, idx_b = _indices(model, i, s_in)
-            g_w = _weight_grad(model, i, s_in, _unpooled(model, i, signed, idx_w, s_in.shape))
-            g_b = g_w if idx_b is idx_w else _weight_grad(
-                model, i, s_in, _unpooled(model, i, signed, idx_b, s_in.shape))
+            idx_b = energy.feedback_indices(model, i, s_in, None)  # None without a pool: g_B = g_W
+            g_w = weight_grad(i, s_in, signed)
+            g_b = g_w if idx_b is None else weight_grad(i, s_in, signed, idx_b)
             common = (g_w + g_b) * (0.5 * scale)
             grads.append((common, common.clone()))
         elif rule == "vf":
             s_in = free[i - 1]
-            idx_w, idx_b = _indices(model, i, s_in)
+            idx_b = energy.feedback_indices(model, i, s_in, None)
             delta_out = a.state[i] - b.state[i]
             delta_in = a.state[i - 1] - b.state[i - 1]
-            g_w = _weight_grad(model, i, s_in, _unpooled(model, i, delta_out, idx_w, s_in.shape))
-            g_b = _weight_grad(model, i, delta_in, _unpooled(model, i, free[i], idx_b, s_in.shape))
+            g_w = weight_grad(i, s_in, delta_out)
+            g_b = weight_grad(i, delta_in, free[i], idx_b)
             grads.append((g_w * scale, g_b * scale))
         else:
             raise ValueError(f"rule_gradients computes 'vf' or 'kp-vf', got rule={rule!r}")
@@ -139,36 +124,34 @@ def rule_gradients(
 
 
 @torch.no_grad()
-def feedback_update(
+def feedback_gradients(
+    backend: Backend,
     model: CRNN,
-    x: torch.Tensor,
-    y,
+    grads: ParamGrads,
     a: Phase,
     b: Phase,
     free: Sequence[torch.Tensor],
     *,
     rule: str,
     leakage: float,
-    hebbian,
 ) -> None:
-    """Add the gradient of every parameter of a separate-feedback ``model`` to its ``.grad``.
+    """Turn the backend's Hebbian ``grads`` of a separate-feedback ``model`` into ``rule``'s, in place.
 
-    ``hebbian``: the backend's ``hebbian_update`` (``W_0``, biases, read-out, LE/KDW maps). Rule
-    ``"ep"``: ``W_l`` keeps its EP update (plus ``λ·W_l``), ``B_l`` is fixed (no gradient).
-    ``"vf"``/``"kp-vf"``: ``W_l`` and ``B_l`` get :func:`rule_gradients` (the backend's ``W_l``
-    term, computed along, is discarded: one weight-gradient per layer, small next to the settling).
+    ``grads``: ``backend.hebbian_gradients`` (``W_0``, biases, read-out, LE/KDW maps keep theirs).
+    Rule ``"ep"``: ``W_l`` keeps its EP update (plus ``λ·W_l``), ``B_l`` is fixed (no entry).
+    ``"vf"``/``"kp-vf"``: the entries of ``W_l`` are replaced by :func:`rule_gradients` and those
+    of ``B_l`` added (the backend's ``W_l`` term, computed along, is discarded: one weight-gradient
+    per layer, small next to the settling).
     """
     n = model.num_layers
     weights = [model.connections[i].weight for i in range(1, n)]
     backs = [model.feedback_weight(i) for i in range(1, n)]
-    kept = [None if w.grad is None else w.grad.clone() for w in weights]
-    hebbian(model, x, y, a, b)
     if rule != "ep":
-        for w, g0, (g_w, g_b), bw in zip(weights, kept, rule_gradients(model, a, b, free, rule), backs):
-            w.grad = g_w if g0 is None else g0.add_(g_w)
-            accumulate_grads([bw], [g_b])
+        for w, bw, (g_w, g_b) in zip(weights, backs, rule_gradients(backend, model, a, b, free, rule)):
+            grads[w], grads[bw] = g_w, g_b
     if leakage:
         for w, bw in zip(weights, backs):
-            w.grad.add_(w.detach(), alpha=leakage)
+            if w in grads:  # a frozen W_l may have no entry
+                grads[w] = grads[w] + leakage * w.detach()
             if rule != "ep":  # "ep" keeps B_l fixed: no update at all, leakage included
-                bw.grad.add_(bw.detach(), alpha=leakage)
+                grads[bw] = grads[bw] + leakage * bw.detach()

@@ -1,4 +1,4 @@
-"""The terms of the primitive function Φ_β of a CRNN, each written once (SPEC: Lin eq. 1, 10).
+"""The terms of the primitive function Φ_β of a CRNN, each written once (Lin eq. 1, 10).
 
 ``Φ = Σ_l ⟨s_{l+1}, P_l(W_l * s_l + b_l)⟩ + Σ_{(i,j)} ⟨s_j, R_ij s_i⟩`` and
 ``Φ_β = Φ − β L(ŷ, y) − βκ Σ_{i∈Υ} L_aug,i(s_i)``. Every backend builds its step from these

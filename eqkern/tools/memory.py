@@ -170,7 +170,7 @@ def profile_memory(
 _RSS_SCRIPT = r"""
 import json, sys, torch
 from eqkern.tools.memory import _batch, _iteration
-from eqkern.training.vgg_driver import build_model
+from eqkern.training.build import build_model
 from eqkern.training.presets import get_preset
 args = json.loads(sys.argv[1])
 torch.set_num_threads(1)
@@ -230,7 +230,7 @@ LIN_PAPER_MB = {("VGG-7", "STD"): 711, ("VGG-7", "LE"): 791, ("VGG-7", "KD"): 85
 def preset_model(name: str, augment: str | None = None, **overrides) -> CRNN:
     """The CRNN of a preset on its dataset's input shape (``augment="none"`` drops LE/KD)."""
     from eqkern.training.presets import get_preset
-    from eqkern.training.vgg_driver import build_model
+    from eqkern.training.build import build_model
 
     if augment is not None:
         overrides = {"augment": augment, "augment_layers": (), **overrides}

@@ -4,8 +4,9 @@ A :class:`Preset` is everything :func:`eqkern.train_vgg` needs: the architecture
 :class:`~eqkern.Conv` / :class:`~eqkern.Linear` specs at full width), the EP phases, the
 optimiser, the augmentation and the κ schedule. ``get_preset(name, **overrides)`` returns one
 with any field replaced (``width=1/8`` divides every hidden width by 8, ``t_free=…`` shortens the
-phases, ...); ``list_presets()`` names them all. ``notes`` says where a paper is silent and
-what we chose.
+phases, ...), each checked against its declared type (the sections of
+:mod:`eqkern.training.config`); ``list_presets()`` names them all. ``notes`` says where a paper
+is silent and what we chose. :func:`TrainConfig` is the ``demo-mnist`` preset with overrides.
 
 Architecture of Lin et al. (App. C, Table 4, and the learning-rate lists of Tables 5-6, whose
 length is the number of weight layers, the soft-max read-out included):
@@ -21,77 +22,28 @@ Every conv is 3×3, stride 1, padding 1; the last conv of each block has the 2×
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
-from eqkern.dynamics.convergence import check_stop_args
 from eqkern.model.crnn import Conv, Linear, LayerSpec
+from eqkern.training.config import (SECTIONS, AugmentSection, DataSection, LabelSection,
+                                    ModelSection, OptimSection, PhaseSection, RunSection,
+                                    check_field, describe_type, field_types, parse_field)
 
-__all__ = ["Preset", "PRESETS", "get_preset", "list_presets", "parse_overrides", "format_presets",
-           "vgg_arch", "scale_arch", "expand_lr"]
+__all__ = ["Preset", "PRESETS", "TrainConfig", "get_preset", "list_presets", "parse_overrides",
+           "format_presets", "field_rows", "vgg_arch", "scale_arch", "expand_lr"]
 
 HS = "hard_sigmoid"
 
 
 @dataclass(frozen=True)
-class Preset:
-    """One training configuration. Fields mirror the papers' hyper-parameter tables."""
-
-    name: str
-    source: str                                  # paper and table it reproduces
-    dataset: str                                 # eqkern.data.datasets name
-    arch: tuple[LayerSpec, ...]                  # full-width layer specs
-    readout: str = "ce"                          # "ce" (soft-max read-out) or "mse"
-    beta: float = 0.5
-    t_free: int = 250
-    t_nudge: int = 50
-    estimator: str = "symmetric"                 # symmetric | one_sided | random_sign
-    method: str = "ep"                           # ep (any estimator/rule) | bptt | bp (feed-forward backprop)
-    truncate: int | None = None                  # bptt: steps the graph covers (None: all of t_free)
-    feedback: str = "symmetric"                  # symmetric | separate (B_l, Laborieux §2.4)
-    rule: str | None = None                      # None: ep (symmetric) / kp-vf (separate) | ep | fre | vf | kp-vf
-    leakage: float = 0.0                         # KP-VF λ on W_l, B_l (weight_decay acts too)
-    schedule: str = "synchronous"                # synchronous | alternating (even, then odd layers)
-    tol: float | None = None                     # convergence stop of every phase (None: fixed T, K)
-    check_every: int = 10                        # steps between two convergence checks
-    batched_nudge: bool = False                  # the ±β phases as one batch of 2B
-    skips: str = "none"                          # none | residual (every skip_every layers) | random (AGT)
-    skip_every: int = 3                          # residual: links (0, k), (k, 2k), … between state layers
-    skip_p: float = 0.2                          # random: probability of each pair (i, j), j > i + 1
-    skip_seed: int = 0                           # random: seed of the topology
-    lr: tuple[float, ...] = (0.03,)              # one per weight layer (read-out included), or one for all
-    optimizer: str = "sgd"                       # sgd | adam (or pass any torch.optim class to train_vgg)
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    cosine: bool = True                          # cosine annealing of the learning rates
-    cosine_epochs: int | None = None             # its period T_max (None: the number of epochs)
-    lr_min: float = 1e-5                         # its eta_min
-    batch_size: int = 128
-    epochs: int = 250
-    init_scale: float = 1.0                      # factor on PyTorch's Kaiming-uniform init
-    state_init: str = "zeros"                    # zeros | uniform (U(0,1))
-    augment: str = "none"                        # none | le | kd | kdw
-    augment_layers: tuple[int, ...] = ()         # state-layer indices (0-based)
-    tau: float = 4.0
-    le_learn: bool = True                        # LE projections B_i learned (eq. 20) or frozen
-    kappa: float = 0.0                           # κ_init
-    kappa_schedule: str = "constant"             # constant | linear | exponential | cosine | step
-    kappa_epochs: int | None = None              # E_total of eq. 14 (None: the number of epochs)
-    kappa_min: float = 0.0
-    kappa_gamma: float = 0.02
-    data_augmentation: str = "crop_flip"         # crop_flip | none
-    crop_padding: int = 4
-    teacher_arch: str | None = None              # KD: eqkern.teacher architecture
-    teacher_path: str | None = None              # KD: checkpoint written by train_teacher
-    width: float = 1.0                           # factor on every hidden width (tests, CPU runs)
-    train_size: int | None = None                # keep the first n training examples
-    test_size: int | None = None
-    backend: str | None = None
-    seed: int = 0
-    eval_batch_size: int = 500
-    notes: str = ""
+class Preset(RunSection, AugmentSection, OptimSection, PhaseSection, ModelSection, DataSection,
+             LabelSection):
+    """One training configuration: the fields of every section of :mod:`eqkern.training.config`
+    (label, data, model, phases, optimiser, augmentation, run), flat. Positional: ``name``,
+    ``source``, ``dataset``, ``arch``; the rest by keyword. Fields mirror the papers' tables."""
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -106,16 +58,6 @@ class Preset:
         """The architecture at ``width`` (the MSE output layer keeps its ``num_classes`` units)."""
         return scale_arch(self.arch, self.width, keep_last=self.readout == "mse")
 
-    def skip_pairs(self) -> tuple[tuple[int, int], ...]:
-        """The skip links ``(i, j)`` of the state layers (:mod:`eqkern.model.skips`)."""
-        from eqkern.model.skips import random_skips, residual_skips
-
-        if self.skips == "residual":
-            return residual_skips(len(self.arch), self.skip_every)
-        if self.skips == "random":
-            return random_skips(len(self.arch), self.skip_p, self.skip_seed)
-        return ()
-
     def learning_rates(self) -> list[float]:
         """One learning rate per weight layer (connections + the CE read-out)."""
         return expand_lr(self.lr, len(self.arch) + (1 if self.readout == "ce" else 0))
@@ -124,6 +66,26 @@ class Preset:
         d = dataclasses.asdict(self)
         d["arch"] = [_spec_str(s) for s in self.arch]
         return d
+
+    def sections(self) -> dict[str, Any]:
+        """The preset as its sections, ``{"label": LabelSection(...), "data": ..., "run": ...}``."""
+        return {_section_key(cls): cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+                for cls in SECTIONS}
+
+    def validate(self) -> None:
+        """Each section's checks, then those that span sections (ValueError naming the field)."""
+        for section in SECTIONS:
+            section.validate(self)
+        if self.rule in ("vf", "kp-vf") and self.feedback != "separate":
+            raise ValueError(f"rule={self.rule!r} needs feedback='separate'")
+        if any(not 0 <= i < len(self.arch) for i in self.augment_layers):
+            raise ValueError(f"augment_layers {self.augment_layers} must name state layers "
+                             f"0..{len(self.arch) - 1}")
+        self.learning_rates()
+
+
+def _section_key(cls) -> str:
+    return cls.__name__.removesuffix("Section").lower()
 
 
 # --- architecture helpers --------------------------------------------------------------------
@@ -335,10 +297,18 @@ _LIST: list[Preset] = [
                 "(96.87 %) use asymmetric, fixed random feedback weights, which eqkern does not "
                 "implement; here every link is symmetric (in the energy).",
                 skips="random"),
+    Preset("demo-mnist", "eqkern demo (`make demo`)", "mnist_subset", (Conv(16), Conv(32)),
+           readout="ce", beta=0.5, t_free=20, t_nudge=6, estimator="symmetric", method="ep",
+           lr=(0.05,), momentum=0.9, weight_decay=0.0, cosine=True, lr_min=1e-5, batch_size=64,
+           epochs=3, data_augmentation="none", backend=None, seed=0, eval_batch_size=500,
+           notes=("Not a paper configuration: the `make demo` network, two 3×3 convs (16, 32 "
+                  "channels, each with a 2×2 max-pool) and a soft-max read-out on the embedded "
+                  "MNIST subset, with the defaults of eqkern.train (TrainConfig): SGD + momentum "
+                  "0.9, no weight decay, cosine annealing to 1e-5, no data augmentation.")),
 ]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _LIST}
-_FIELDS = {f.name: f for f in fields(Preset)}
+_TYPES = field_types(Preset)
 
 
 def list_presets() -> list[str]:
@@ -346,89 +316,61 @@ def list_presets() -> list[str]:
 
 
 def get_preset(name: str | Preset, **overrides: Any) -> Preset:
-    """The preset ``name`` with ``overrides`` applied (any :class:`Preset` field)."""
+    """The preset ``name`` with ``overrides`` applied (any :class:`Preset` field, checked against
+    its declared type: ``lr=0.1`` and ``lr=[0.1, 0.2]`` become tuples, ``beta="abc"`` fails)."""
     if isinstance(name, Preset):
         base = name
     else:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
         base = PRESETS[name]
-    bad = sorted(set(overrides) - set(_FIELDS))
-    if bad:
-        raise ValueError(f"unknown preset field(s) {', '.join(bad)}; fields: {', '.join(_FIELDS)}")
-    for key in ("lr", "augment_layers", "arch"):
-        if key in overrides and not isinstance(overrides[key], (tuple, str)):
-            v = overrides[key]
-            overrides[key] = tuple(v) if isinstance(v, (list, tuple)) else (v,)
-    p = dataclasses.replace(base, **overrides)
-    _validate(p)
+    for key in overrides:
+        _check_known(key)
+    p = dataclasses.replace(base, **{k: check_field(k, v, _TYPES) for k, v in overrides.items()})
+    p.validate()
     return p
 
 
 def _validate(p: Preset) -> None:
-    choices = {"readout": ("ce", "mse"), "estimator": ("symmetric", "one_sided", "random_sign"),
-               "feedback": ("symmetric", "separate"), "rule": (None, "ep", "fre", "vf", "kp-vf"),
-               "schedule": ("synchronous", "alternating"),
-               "skips": ("none", "residual", "random"),
-               "state_init": ("zeros", "uniform"), "augment": ("none", "le", "kd", "kdw"),
-               "data_augmentation": ("crop_flip", "none"),
-               "kappa_schedule": ("constant", "linear", "exponential", "cosine", "step")}
-    for key, ok in choices.items():
-        if getattr(p, key) not in ok:
-            raise ValueError(f"{key} must be one of {ok}, got {getattr(p, key)!r}")
-    for key in ("t_free", "t_nudge", "batch_size", "epochs"):
-        if int(getattr(p, key)) <= 0:
-            raise ValueError(f"{key} must be positive, got {getattr(p, key)}")
-    if p.rule in ("vf", "kp-vf") and p.feedback != "separate":
-        raise ValueError(f"rule={p.rule!r} needs feedback='separate'")
-    if not p.leakage >= 0.0:
-        raise ValueError(f"leakage must be >= 0, got {p.leakage}")
-    check_stop_args(p.tol, p.check_every)
-    if p.augment != "none" and not p.augment_layers:
-        raise ValueError(f"augment={p.augment!r} needs augment_layers")
-    if any(not 0 <= i < len(p.arch) for i in p.augment_layers):
-        raise ValueError(f"augment_layers {p.augment_layers} must name state layers 0..{len(p.arch) - 1}")
-    p.learning_rates()
-    p.skip_pairs()
+    p.validate()
+
+
+def TrainConfig(**overrides: Any) -> Preset:  # noqa: N802 - was a class; kept as a constructor
+    """The configuration of :func:`eqkern.train`: the ``demo-mnist`` preset with ``overrides``
+    (any :class:`Preset` field; ``lr`` one rate or one per weight layer). Its defaults: 3 epochs,
+    batch 64, EP, T_free 20, T_nudge 6, β 0.5, symmetric estimator, lr 0.05, momentum 0.9, no
+    weight decay, cosine annealing to 1e-5, seed 0, evaluation batch 500."""
+    return get_preset("demo-mnist", **overrides)
+
+
+def _check_known(key: str) -> None:
+    if key not in _TYPES:
+        close = difflib.get_close_matches(key, _TYPES, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"fields: {', '.join(_TYPES)}"
+        raise ValueError(f"unknown preset field {key!r}; {hint}")
 
 
 def parse_overrides(items: Sequence[str], base: Preset | None = None) -> dict[str, Any]:
-    """``["key=value", ...]`` (the CLI's ``--set``) as typed overrides.
-
-    Values are Python literals (``0.5``, ``(1, 2)``, ``None``, ``True``), comma lists
-    (``0.03,0.05``) or bare strings (``cosine``); ``width=1/8`` is allowed too.
-    """
+    """``["key=value", ...]`` (the CLI's ``--set``) as typed overrides, each value read by its
+    field's declared type (:func:`eqkern.training.config.parse_field`): bools ``true``/``false``
+    (or ``1``/``0``), ints, numbers (``1/8`` too), ``none`` where a field may be None, comma
+    lists (``0.03,0.05``), and for choice fields only their choices. A ValueError names the
+    field, the value and the expected type. ``base`` is not needed (kept for old callers)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = (t.strip() for t in item.split("=", 1))
-        if key not in _FIELDS:
-            raise ValueError(f"unknown preset field {key!r}; fields: {', '.join(_FIELDS)}")
-        out[key] = _parse_value(key, raw, base)
+        _check_known(key)
+        out[key] = parse_field(key, raw, _TYPES)
     return out
 
 
-def _parse_value(key: str, raw: str, base: Preset | None) -> Any:
-    if key in ("lr", "augment_layers"):
-        parts = [t for t in raw.strip("()[] ").split(",") if t.strip()]
-        conv = int if key == "augment_layers" else float
-        return tuple(conv(ast.literal_eval(t.strip())) for t in parts)
-    if key == "arch":
-        raise ValueError("arch cannot be set from the command line; use the Python API")
-    if "/" in raw and key == "width":
-        num, den = raw.split("/", 1)
-        return float(num) / float(den)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    current = getattr(base, key) if base is not None else None
-    if isinstance(current, bool) and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes")
-    if isinstance(current, float) and isinstance(value, int):
-        return float(value)
-    return value
+def field_rows(p: Preset) -> list[tuple[str, str, Any, str]]:
+    """``(section, field, value, type in words)`` of every field (``eqkern presets --name``)."""
+    d = p.to_dict()
+    return [(key, f.name, d[f.name], describe_type(*_TYPES[f.name]))
+            for key, sec in p.sections().items() for f in fields(sec)]
 
 
 def _skips_str(p: Preset) -> str:

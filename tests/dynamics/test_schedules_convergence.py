@@ -18,23 +18,15 @@ import pytest
 import torch
 
 import cases
-from cases import CASES, STATE_TOL, check_states_match, ep_grads
-from conftest import rel_rms, require_backend, require_triton
+from cases import CASES, check_states_match, ep_grads
+from conftest import rel_rms, require_triton
 from eqkern import CRNN, Conv, Linear, bptt_gradients, check_gdu, ep_gradients, free_phase, settle
 from eqkern.model import energy
 from eqkern.model.auxiliary import Distill, LocalError, Targets
 from eqkern.training.presets import get_preset
 
-BACKENDS = ["reference", "torch", "cpp", "triton"]
 # The interpreter costs ~30 ms per launch: the triton runs use short phases and a few cases.
 TRITON_CASES = [CASES[0], CASES[2], CASES[5]]
-
-
-def _require(backend: str, request) -> None:
-    if backend == "triton":
-        require_triton(request)
-    else:
-        require_backend(backend)
 
 
 @pytest.fixture
@@ -48,18 +40,18 @@ def short_phases(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_alternating_matches_reference(backend, case, dtype):
-    require_backend(backend)
     check_states_match(case.build(dtype), backend, f"{backend} alternating {case.id} {dtype}",
                        schedule="alternating")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_alternating_separate_feedback_matches_reference(backend, dtype):
     """The alternating order with Laborieux's vector field (B_l and its own pool indices)."""
-    require_backend(backend)
     case = CASES[0]
     torch.manual_seed(0)
     model = CRNN(case.input_shape, case.layers, case.num_classes, case.readout, feedback="separate",
@@ -97,7 +89,7 @@ def test_reference_alternating_is_even_then_odd(case):
         assert err <= 1e-14
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.slow_in_interpreter
 def test_synchronous_is_the_default_and_unchanged(backend):
     """``schedule="synchronous"`` is bit-identical to the default, and equals a synchronous step
     written out from the model's pieces (every layer from the old state)."""
@@ -136,7 +128,7 @@ def test_alternating_differs_from_synchronous_after_one_step():
     assert diffs[1] > 1e-6
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.slow_in_interpreter
 def test_alternating_converges_to_the_synchronous_fixed_point(backend):
     """Both schedules iterate the same fixed-point map ρ(∂Φ/∂s), so they end at the same state."""
     torch.manual_seed(3)
@@ -158,7 +150,7 @@ def test_alternating_converges_to_the_synchronous_fixed_point(backend):
 
 
 @pytest.mark.parametrize("schedule", ["synchronous", "alternating"])
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.slow_in_interpreter
 def test_stop_uses_fewer_steps_and_equals_that_many_steps(backend, schedule, caplog):
     model, x, y = CASES[0].build(torch.float64)
     cap = 200
@@ -228,10 +220,8 @@ MODELS = {
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("kind", list(MODELS))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_batched_nudge_equals_sequential(backend, kind, dtype, request, monkeypatch):
-    _require(backend, request)
-    if backend == "triton":
+def test_batched_nudge_equals_sequential(backend, kind, dtype, monkeypatch):
+    if backend == "triton":  # the interpreter is slow: short phases
         monkeypatch.setattr(cases, "T_FREE", 4)
         monkeypatch.setattr(cases, "T_NUDGE", 2)
     model, x, y = MODELS[kind](dtype)
@@ -257,20 +247,18 @@ def test_batched_nudge_with_alternating_and_stop_equals_sequential():
         assert err <= 1e-12
 
 
-def test_per_sample_beta_settles_each_sample_at_its_beta():
+def test_per_sample_beta_settles_each_sample_at_its_beta(backend):
     """settle with a (batch,) β equals settling each sample with its own float β."""
     model, x, y = CASES[0].build(torch.float64)
     betas = torch.tensor([0.5, -0.5, 0.2], dtype=torch.float64)
     start = [torch.rand_like(s) for s in model.init_state(x.shape[0], like=x)]
-    for backend in ("reference", "torch", "cpp"):
-        require_backend(backend)
-        out = settle(model, x, [s.clone() for s in start], betas, 3, y, backend=backend)
-        for b in range(3):
-            one = settle(model, x[b:b + 1], [s[b:b + 1].clone() for s in start], float(betas[b]),
-                         3, y[b:b + 1], backend=backend)
-            err = max(rel_rms(o, s[b:b + 1]) for o, s in zip(one, out))
-            print(f"{backend} sample {b}: rel RMS {err:.2e}")
-            assert err <= 1e-12
+    out = settle(model, x, [s.clone() for s in start], betas, 3, y, backend=backend)
+    for b in range(3):
+        one = settle(model, x[b:b + 1], [s[b:b + 1].clone() for s in start], float(betas[b]),
+                     3, y[b:b + 1], backend=backend)
+        err = max(rel_rms(o, s[b:b + 1]) for o, s in zip(one, out))
+        print(f"{backend} sample {b}: rel RMS {err:.2e}")
+        assert err <= 1e-12
 
 
 # -- GDU with the alternating schedule ------------------------------------------------------------

@@ -87,8 +87,10 @@ def test_device_kernels_have_no_spills(ptxas_spills, kernel, count) -> None:
 
 
 def test_info_lists_backends_and_formats() -> None:
-    d = _build.info()
-    text = _build.format_info(d)
+    from eqkern.tools.info import format_info, info
+
+    d = info()
+    text = format_info(d)
     print(text)
     json.dumps(d)  # plain data, so `eqkern info --json`-style output works
     assert d["versions"]["torch"] == torch.__version__

@@ -11,7 +11,8 @@ from conftest import rel_rms, require_backend
 from eqkern import CRNN, Conv, Linear
 from eqkern.kernels import native as _build
 from eqkern.kernels import ops
-from eqkern.backends import analytic, cpp, reference
+from eqkern.backends import cpp_backend, reference, torch_backend
+from eqkern.backends.base import accumulate_grads
 from eqkern.backends.base import Phase
 
 
@@ -74,7 +75,7 @@ def test_settle_op_one_step_equals_torch_backend(layout, monkeypatch):
     for steps in (1, 3):
         a = model.init_state(2, like=x)
         b = model.init_state(2, like=x)
-        analytic.settle(model, x, a, 0.7, steps, y)
+        torch_backend.settle(model, x, a, 0.7, steps, y)
         _cpp(model, x, b, 0.7, steps, y)
         for i, (r, o) in enumerate(zip(a, b)):
             torch.testing.assert_close(o, r, rtol=1e-13, atol=1e-13, msg=f"state[{i}] after {steps} steps")
@@ -107,7 +108,7 @@ def test_hebbian_update_op_matches_torch_backend(case, layout, monkeypatch):
     free, plus, minus = _hebbian_phases(model, x, y)
     for a, b in ((Phase(plus, 0.5), Phase(minus, -0.5)), (Phase(plus, 0.5), Phase(free, 0.0))):
         model.zero_grad(set_to_none=True)
-        analytic.hebbian_update(model, x, y, a, b)
+        accumulate_grads(torch_backend.BACKEND.hebbian_gradients(model, x, y, a, b))
         want = [p.grad.clone() for p in model.parameters()]
         grads = [torch.full_like(p, 0.25) for p in model.parameters()]  # the op adds into them
         net = ops.network_args(model)
@@ -123,7 +124,7 @@ def test_hebbian_update_op_noncontiguous_fp32():
     model, x, y = BY_ID["conv-pool-odd11"].build(torch.float32)
     free, plus, minus = _hebbian_phases(model, x, y)
     model.zero_grad(set_to_none=True)
-    analytic.hebbian_update(model, x, y, Phase(plus, 0.5), Phase(minus, -0.5))
+    accumulate_grads(torch_backend.BACKEND.hebbian_gradients(model, x, y, Phase(plus, 0.5), Phase(minus, -0.5)))
     want = [p.grad.clone() for p in model.parameters()]
     t = lambda s: s.transpose(-1, -2).contiguous().transpose(-1, -2) if s.dim() == 4 else s.t().contiguous().t()  # noqa: E731
     grads = [torch.zeros_like(p).t() .contiguous().t() if p.dim() == 2 else torch.zeros_like(p)
@@ -152,7 +153,7 @@ def _opcheck_settle_samples():
     x, y = torch.rand(4, 2, 9, 9), torch.tensor([0, 1, 2, 3])
     betas = torch.tensor([0.5, 0.5, -0.5, -0.5])
     samples.append(ops.settle_op_args(x, ops.network_args(model), model.init_state(4, like=x), betas, 2, y,
-                                      cpp.aux_nudge_args(model, y, x.dtype), "alternating"))
+                                      cpp_backend.aux_nudge_args(model, y, x.dtype), "alternating"))
     return samples
 
 
@@ -254,7 +255,7 @@ def test_nudge_argument_errors():
     model = CRNN((2, 9, 9), [Conv(3), Linear(5)], 4, augment=LocalError((0, 1)))
     x, y = torch.rand(4, 2, 9, 9), torch.tensor([0, 1, 2, 3])
     net, state = ops.network_args(model), model.init_state(4, like=x)
-    aux = cpp.aux_nudge_args(model, y, x.dtype)
+    aux = cpp_backend.aux_nudge_args(model, y, x.dtype)
     with torch.no_grad():
         _raises(r"sample_betas has shape \[3\], expected \(4\)", ops.settle, x, net, state,
                 torch.ones(3), 2, y, aux)

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 import cases
 from cases import Case, check_grads_match, check_states_match
-from conftest import rel_rms, require_backend, require_triton
+from conftest import rel_rms, require_capability, require_triton
 from eqkern import CRNN, Conv, Linear, check_gdu, ep_gradients, settle
-from eqkern.backends import analytic, get_backend, reference
-from eqkern.backends.base import Phase
+from eqkern.backends import BACKENDS, get_backend
+from eqkern.backends.base import Phase, accumulate_grads
 from eqkern.training.presets import get_preset
 from eqkern.model.skips import SkipLink, random_skips, residual_skips
 
@@ -47,17 +47,17 @@ def test_random_topology_is_seeded_and_nontrivial():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_settle_matches_autograd_of_extended_phi(backend, case, dtype):
-    require_backend(backend)
     check_states_match(case.build(dtype), backend, f"{backend} {case.id} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_ep_gradients_match_reference(backend, case, dtype):
-    require_backend(backend)
     check_grads_match(case.build(dtype), backend, "symmetric", f"{backend} {case.id} {dtype}")
 
 
@@ -77,28 +77,33 @@ def test_triton_skips_match_reference(case, dtype, request, monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-def test_cpp_alternating_with_skips_matches_reference(case, dtype):
-    """A link may join two layers of one parity group: the C++ loop reads them all first."""
-    require_backend("cpp")
-    check_states_match(case.build(dtype), "cpp", f"cpp alternating {case.id} {dtype}",
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
+def test_alternating_with_skips_matches_reference(backend, case, dtype):
+    """A link may join two layers of one parity group: the C++ loop reads them all first. The
+    backends without skip terms in their alternating step skip with their own reason."""
+    built = case.build(dtype)
+    require_capability(backend, built[0], "alternating")
+    check_states_match(built, backend, f"{backend} alternating {case.id} {dtype}",
                        schedule="alternating")
 
 
 @pytest.mark.parametrize("case", SKIP_CASES, ids=IDS)
-def test_hebbian_update_of_skip_links_is_autograd_of_delta_phi(case):
-    """On arbitrary phase states (not equilibria): the analytic update of every parameter, the
-    R_ij included, equals ``reference.hebbian_update`` (autograd of ΔΦ)."""
+@pytest.mark.vs_reference
+def test_hebbian_update_of_skip_links_is_autograd_of_delta_phi(backend, case):
+    """On arbitrary phase states (not equilibria): each backend's update of every parameter, the
+    R_ij included, equals ``reference``'s (autograd of ΔΦ)."""
     model, x, y = case.build(torch.float64)
     a = Phase([torch.rand(x.shape[0], *s, dtype=x.dtype) for s in model.state_shapes], 0.7)
     b = Phase([torch.rand(x.shape[0], *s, dtype=x.dtype) for s in model.state_shapes], -0.4)
     grads = {}
-    for be in (reference, analytic):
+    for name in ("reference", backend):
         model.zero_grad(set_to_none=True)
-        be.hebbian_update(model, x, y, a, b)
-        grads[be] = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert any(n.startswith("skip_links") for n in grads[reference])
-    for name, ref in grads[reference].items():
-        err = rel_rms(ref, grads[analytic][name])
+        accumulate_grads(BACKENDS[name].hebbian_gradients(model, x, y, a, b))
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert any(n.startswith("skip_links") for n in grads["reference"])
+    for name, ref in grads["reference"].items():
+        err = rel_rms(ref, grads[backend][name])
         print(f"{case.id} {name}: rel RMS {err:.2e}")
         assert err <= 1e-12
 
@@ -190,10 +195,10 @@ def test_fre_rule_symmetric_and_random_sign_estimate_the_one_sided_ds():
         assert err <= 1e-2
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_fre_rule_runs_on_every_settle(backend):
     """The rule is a function of the phase states: any backend's settle feeds it (conv, pools)."""
-    require_backend(backend)
     model = CRNN((1, 12, 12), [Conv(3, 5, 0, activation="clamp01", gamma=0.01),
                                Conv(4, 3, 0, activation="clamp01")], 4).double()
     x, y = torch.rand(3, 1, 12, 12, dtype=torch.float64), torch.tensor([0, 3, 1])
@@ -238,8 +243,8 @@ def test_backend_capability_for_skip_models(monkeypatch):
     monkeypatch.delenv("EQKERN_BACKEND", raising=False)
     model = CRNN((8,), [Linear(5), Linear(4), Linear(3)], 2, skips=[(0, 2)])
     cpu = torch.device("cpu")
-    assert get_backend(None, cpu, model).__name__.split(".")[-1] in ("cpp_backend", "torch_backend")  # the default
-    assert get_backend("reference", cpu, model) is reference
+    assert get_backend(None, cpu, model).name in ("cpp", "torch")  # the default
+    assert get_backend("reference", cpu, model) is BACKENDS["reference"]
     with pytest.raises(ValueError, match="triton.*does not implement skip links with schedule='alternating'"):
         get_backend("triton", cpu, model, schedule="alternating")
 
@@ -283,13 +288,11 @@ def test_skip_links_with_the_alternating_schedule_refused_where_missing(monkeypa
     """torch/triton have no skip terms in their alternating order: by name an error, by default
     a backend that has them (reference: the gradient of the whole extended Φ, or cpp)."""
     from eqkern import settle
-    from eqkern.backends import get_backend, reference
-
     monkeypatch.delenv("EQKERN_BACKEND", raising=False)
     model = CRNN((8,), [Linear(5), Linear(4), Linear(3)], 2, skips=[(0, 2)])
     x = torch.randn(2, 8)
     with pytest.raises(ValueError, match="schedule='alternating'"):
         settle(model, x, model.init_state(2), 0.0, 2, backend="torch", schedule="alternating")
-    assert get_backend(None, torch.device("cpu"), model, schedule="alternating").__name__.split(".")[-1] in (
-        "reference", "cpp_backend")
-    assert get_backend(None, torch.device("cpu"), model).__name__.split(".")[-1] in ("cpp_backend", "torch_backend")
+    assert get_backend(None, torch.device("cpu"), model, schedule="alternating").name in (
+        "reference", "cpp")
+    assert get_backend(None, torch.device("cpu"), model).name in ("cpp", "torch")

@@ -11,8 +11,6 @@ from eqkern.model import energy
 from eqkern.backends.reference import primitive
 from eqkern.model.activations import activate
 
-BACKENDS = ["reference", "torch", "cpp"]
-
 
 def gdu_model() -> tuple[CRNN, torch.Tensor, torch.Tensor]:
     model = CRNN((1, 12, 12), [Conv(4), Conv(6), Linear(10)], 5).double()
@@ -21,11 +19,8 @@ def gdu_model() -> tuple[CRNN, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow_in_interpreter
 def test_symmetric_ep_matches_bptt(backend):
-    from conftest import require_backend
-
-    require_backend(backend)
     model, x, y = gdu_model()
     rows = check_gdu(model, x, y, beta=1e-3, t_free=150, t_nudge=30, backend=backend)
     for r in rows:

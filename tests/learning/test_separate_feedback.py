@@ -9,20 +9,19 @@ with eqkern.learning.separate_feedback.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import cases
-from cases import CASES, STATE_TOL, check_states_match
-from conftest import rel_rms, require_backend, require_triton
-from eqkern import CRNN, Conv, Linear, ep_gradients, settle, weight_angles
-from eqkern.learning.separate_feedback import feedback_update
-from eqkern.backends import analytic, reference
-from eqkern.backends.base import Phase
+from cases import CASES, check_states_match
+from conftest import rel_rms, require_triton
+from eqkern import CRNN, Conv, ep_gradients, settle, weight_angles
+from eqkern.learning.separate_feedback import feedback_gradients
+from eqkern.backends import BACKENDS, reference
+from eqkern.backends.base import Phase, accumulate_grads
 from eqkern.data.datasets import load_dataset
-from eqkern.training.loop import param_groups
+from eqkern.training.optim import param_groups
 
 # Conv with and without pool, odd sizes, batch 1, FC only, MSE, FRE-RNN scales (the dynamics only).
 DYN_CASES = CASES
@@ -68,13 +67,15 @@ def phases(model, x, y, backend="reference"):
 
 # --- B = W: the separate-feedback engine is the symmetric one ---------------------------------
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 @pytest.mark.parametrize("case", DYN_CASES, ids=[c.id for c in DYN_CASES])
+@pytest.mark.slow_in_interpreter
 def test_copied_feedback_equals_symmetric(case, backend):
     """States (free, ±β) and KP-VF gradients with B_l := W_l equal the symmetric model's EP
     (fp64, 1e-12): every W_l, b_l and the read-out, and B_l gets W_l's gradient."""
-    if backend == "cpp":
-        require_backend("cpp")
+    _copied_feedback_equals_symmetric(case, backend)
+
+
+def _copied_feedback_equals_symmetric(case, backend):
     sym, x, y = build(case, torch.float64, "symmetric")
     sep = copy_feedback(build(case, torch.float64)[0])
     for label, r_phase, o_phase in zip(("free", "+β", "−β"), phases(sym, x, y, backend),
@@ -106,7 +107,7 @@ def test_copied_feedback_equals_symmetric_triton(case, request, monkeypatch):
     require_triton(request)
     monkeypatch.setattr(cases, "T_FREE", 4)
     monkeypatch.setattr(cases, "T_NUDGE", 4)
-    test_copied_feedback_equals_symmetric(case, "triton")
+    _copied_feedback_equals_symmetric(case, "triton")
 
 
 def test_separate_feedback_changes_the_dynamics():
@@ -140,9 +141,9 @@ def test_symmetric_model_is_unchanged():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", DYN_CASES, ids=[c.id for c in DYN_CASES])
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_vector_field_matches_reference(backend, case, dtype):
-    require_backend(backend)
     check_states_match(build(case, dtype), backend, f"{backend} VF {case.id} {dtype}")
 
 
@@ -159,13 +160,10 @@ def test_triton_vector_field_matches_reference(case, dtype, request, monkeypatch
     check_states_match(build(case, dtype), "triton", f"triton VF {case.id} {dtype}")
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
-def test_kp_vf_gradients_match_reference_backend(backend, request, monkeypatch):
+@pytest.mark.vs_reference
+def test_kp_vf_gradients_match_reference_backend(backend, monkeypatch):
     """The whole ep_gradients of a separate model (phases + Hebbian + rule) on each backend."""
-    if backend == "cpp":
-        require_backend("cpp")
-    if backend == "triton":
-        require_triton(request)
+    if backend == "triton":  # the interpreter is slow: short phases
         monkeypatch.setattr(cases, "T_FREE", 4)
         monkeypatch.setattr(cases, "T_NUDGE", 4)  # enough for the nudge to reach layer 0
     model, x, y = build(CASES[0], torch.float64)
@@ -208,8 +206,10 @@ def test_rules_match_autograd(case, rule):
     model, x, y = build(case, torch.float64)
     free, a, b = phases(model, x, y)
     model.zero_grad(set_to_none=True)
-    feedback_update(model, x, y, a, b, free, rule=rule, leakage=0.0,
-                    hebbian=analytic.hebbian_update)
+    be = BACKENDS["torch"]
+    g = be.hebbian_gradients(model, x, y, a, b)
+    feedback_gradients(be, model, g, a, b, free, rule=rule, leakage=0.0)
+    accumulate_grads(g)
     ref = rule_oracle(model, x, y, a, b, free, rule)
     for name, p in model.named_parameters():
         if name in ref:
@@ -320,7 +320,7 @@ def test_train_vgg_logs_the_weight_angle(tmp_path):
     import json
 
     from eqkern.data.datasets import DataSplit
-    from eqkern.training.vgg_driver import train_vgg
+    from eqkern.training.train_preset import train_vgg
 
     g = torch.Generator().manual_seed(0)
     shape = (3, 32, 32)

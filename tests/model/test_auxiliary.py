@@ -7,34 +7,30 @@ import pytest
 import torch
 
 from cases import AUG_LAYERS, AUGMENTS, build_augmented as build, check_grads_match, check_states_match
-from conftest import require_backend
-from eqkern import CRNN, Conv, Linear, check_gdu, ep_gradients
+from eqkern import CRNN, check_gdu, ep_gradients
 from eqkern.model.auxiliary import Distill, LocalError, Targets  # noqa: F401
 
-# The triton backend's augmented runs are in tests/backends/test_triton_backend.py.
-BACKENDS = ["torch", "cpp"]
+# The triton backend's augmented runs (short phases) are in tests/backends/test_triton_backend.py.
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("aug_id", list(AUGMENTS))
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_augmented_states_match_reference(backend, aug_id, dtype):
-    require_backend(backend)
     check_states_match(build(aug_id, dtype), backend, f"{backend} {aug_id} {dtype}")
 
 
 @pytest.mark.parametrize("estimator", ["symmetric", "one_sided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("aug_id", list(AUGMENTS))
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.vs_reference
+@pytest.mark.slow_in_interpreter
 def test_augmented_gradients_match_reference(backend, aug_id, dtype, estimator):
-    require_backend(backend)
     check_grads_match(build(aug_id, dtype), backend, estimator, f"{backend} {aug_id} {dtype}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_frozen_projections_get_no_gradient(backend):
-    require_backend(backend)
     model, x, y = build("le-frozen-fc", torch.float64)
     ep_gradients(model, x, y, beta=0.5, t_free=5, t_nudge=3, backend=backend)
     assert all(m.weight.grad is None for m in model.aux)

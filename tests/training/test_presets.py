@@ -19,7 +19,7 @@ FRE = [n for n in EXPECTED if n.startswith("frernn")]
 
 
 def test_every_paper_configuration_is_there():
-    assert list_presets() == EXPECTED
+    assert list_presets() == EXPECTED + ["demo-mnist"]  # and the `make demo` network
     table = format_presets()
     assert all(name in table for name in EXPECTED)
     assert all(PRESETS[n].notes and PRESETS[n].source for n in EXPECTED)
@@ -108,7 +108,8 @@ def test_liu_table_values():
 def test_fre_presets_build_and_train_a_step(name):
     """The model of the preset (skip links included) and one EP step of its rule on a tiny batch:
     every parameter gets a finite gradient, the skip links too."""
-    from eqkern.training.vgg_driver import build_model, make_optimizer
+    from eqkern.training.build import build_model
+    from eqkern.training.optim import make_optimizer
 
     p = get_preset(name, width=1 / 16, t_free=3, t_nudge=2)
     model = build_model(p, (1, 28, 28), 10)

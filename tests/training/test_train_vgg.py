@@ -11,31 +11,10 @@ import pytest
 import torch
 
 from eqkern.cli import main
-from eqkern.data.datasets import DataSplit
 from eqkern.training.presets import PRESETS, get_preset
 from eqkern.training.teacher import build_teacher, load_teacher, teacher_features, train_teacher
-from eqkern.training.vgg_driver import train_vgg
-
-# backend "torch": this file tests the driver; the backends are checked against each other in
-# test_backends.py (and the cpp settle loop asserts on 1×1 pooled maps at the time of writing).
-TINY = dict(width=1 / 32, t_free=2, t_nudge=1, batch_size=8, epochs=1, backend="torch")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine is shared: with two threads tiny convs spend their time in OpenMP waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def fake_data(shape=(3, 32, 32), n=16, classes=10, seed=0) -> DataSplit:
-    g = torch.Generator().manual_seed(seed)
-    return DataSplit(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g),
-                     torch.randn(n // 2, *shape, generator=g),
-                     torch.randint(0, classes, (n // 2,), generator=g),
-                     tuple(map(str, range(classes))), shape, classes)
+from eqkern.training.train_preset import train_vgg
+from training_helpers import TINY, _one_thread, fake_data  # noqa: F401 (_one_thread: autouse)
 
 
 def _setup(name: str, n: int = 8):
@@ -121,7 +100,7 @@ def test_divergence_names_the_layer_and_keeps_the_checkpoint(tmp_path):
                 model_ref[0].connections[2].weight.fill_(float("nan"))
 
     model_ref = []
-    import eqkern.training.vgg_driver as vgg
+    import eqkern.training.build as vgg
 
     orig = vgg.build_model
     vgg.build_model = lambda *a, **k: model_ref.append(orig(*a, **k)) or model_ref[-1]

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eqkern.model.specs import conv_output_size
 from eqkern.kernels.triton._common import (INDEX, NUM_WARPS, acc_dtype, activate, check_dtype, check_int32,
                       dot_dtype, dot_precision, gemm_blocks, split_scalar)
 
@@ -125,7 +126,7 @@ def feedback_settle_triton(
         if weight is None or weight.dim() != 4 or weight.shape[1] != c or s_up.dim() != 4:
             raise ValueError("feedback_settle: s_up needs a (CO, C, k, k) weight and 4-D s_up")
         co, ks = weight.shape[0], weight.shape[2]
-        ho, wo = h + 2 * padding - ks + 1, w + 2 * padding - ks + 1
+        ho, wo = conv_output_size(h, w, ks, padding)
         hp, wp = s_up.shape[2], s_up.shape[3]
         expect = (bsz, co, ho // 2, wo // 2) if pool else (bsz, co, ho, wo)
         if tuple(s_up.shape) != expect or (pool and idx.shape != s_up.shape):
@@ -165,7 +166,7 @@ def feedback_settle_ref(state, u, nudge, s_up, idx, weight, padding, alpha, gamm
     if s_up is not None:
         if idx is not None:
             ks = weight.shape[2]
-            pre_hw = (state.shape[2] + 2 * padding - ks + 1, state.shape[3] + 2 * padding - ks + 1)
+            pre_hw = conv_output_size(state.shape[2], state.shape[3], ks, padding)
             s_up = torch.nn.functional.max_unpool2d(s_up, idx, 2, 2, output_size=pre_hw)
         total = total + gamma * torch.nn.functional.conv_transpose2d(s_up, weight, padding=padding)
     if nudge is not None:

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eqkern.model.specs import conv_output_size
 from eqkern.kernels.triton._common import (INDEX, INTERPRET, NUM_WARPS, acc_dtype, check_dtype, check_int32,
                       dot_dtype, dot_precision, gemm_blocks)
 
@@ -116,7 +117,7 @@ def out_shape(x_shape, w_shape, padding: int, pool: bool) -> tuple[int, int, int
     """``(HO, WO, HP, WP)`` plus ``(B, CO)``: pre-pool and output spatial sizes."""
     bsz, _, h, w = x_shape
     co, _, ks, _ = w_shape
-    ho, wo = h + 2 * padding - ks + 1, w + 2 * padding - ks + 1
+    ho, wo = conv_output_size(h, w, ks, padding)
     hp, wp = (ho // 2, wo // 2) if pool else (ho, wo)
     return bsz, co, ho, wo, hp, wp
 

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eqkern.model.specs import conv_output_size
 from eqkern.kernels.triton._common import (INDEX, INTERPRET, NUM_WARPS, acc_dtype, block, check_dtype, check_int32,
                       dot_dtype, dot_precision, split_scalar)
 
@@ -155,7 +156,7 @@ def hebbian_triton(
         raise ValueError("hebbian: inputs and outputs must share one dtype")
     bsz, c, h, w = in_a.shape
     co, hp, wp = out_a.shape[1:]
-    ho, wo = h + 2 * padding - kernel_size + 1, w + 2 * padding - kernel_size + 1
+    ho, wo = conv_output_size(h, w, kernel_size, padding)
     expect = (bsz, co, ho // 2, wo // 2) if pool else (bsz, co, ho, wo)
     if tuple(out_a.shape) != expect or (pool and (idx_a.shape != out_a.shape or idx_b.shape != out_a.shape)):
         raise ValueError(f"hebbian: outputs {tuple(out_a.shape)} expected {expect} (and idx alike)")
@@ -202,8 +203,7 @@ def _(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_
 
 def hebbian_ref(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_input=False):
     """The same in ATen: one weight-gradient convolution over the concatenated phases."""
-    ho = in_a.shape[2] + 2 * padding - kernel_size + 1
-    wo = in_a.shape[3] + 2 * padding - kernel_size + 1
+    ho, wo = conv_output_size(in_a.shape[2], in_a.shape[3], kernel_size, padding)
     ua, ub = out_a, out_b
     if idx_a is not None:
         ua = torch.nn.functional.max_unpool2d(out_a, idx_a, 2, 2, output_size=(ho, wo))

@@ -1,0 +1,81 @@
+"""What a preset run is built from: its model, κ schedule, data and (KD) teacher targets."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import torch
+
+from eqkern.data.datasets import DataSplit
+from eqkern.model.auxiliary import Distill, LocalError, Targets
+from eqkern.model.crnn import CRNN
+from eqkern.training.kappa import KappaSchedule, make_schedule
+from eqkern.training.presets import Preset, get_preset
+
+__all__ = ["build_model", "make_kappa_schedule", "resolve_preset", "limit_data", "teacher_targets"]
+
+
+def build_model(preset: Preset, input_shape, num_classes: int) -> CRNN:
+    """The CRNN of a preset (at its ``width``), with its LE / KD(W) augmentation."""
+    aug = None
+    if preset.augment == "le":
+        aug = LocalError(tuple(preset.augment_layers), tau=preset.tau, learn=preset.le_learn)
+    elif preset.augment in ("kd", "kdw"):
+        aug = Distill(tuple(preset.augment_layers), tau=preset.tau, mapped=preset.augment == "kdw")
+    return CRNN(input_shape, preset.layers(), num_classes, readout=preset.readout,
+                init_scale=preset.init_scale, state_init=preset.state_init, augment=aug,
+                feedback=preset.feedback, skips=preset.skip_pairs())
+
+
+def make_kappa_schedule(preset: Preset) -> KappaSchedule:
+    return make_schedule(preset.kappa_schedule, preset.kappa,
+                         total_epochs=preset.kappa_epochs or preset.epochs,
+                         kappa_min=preset.kappa_min, gamma=preset.kappa_gamma)
+
+
+def resolve_preset(preset_or_config, overrides: dict) -> Preset:
+    """A preset name, a :class:`Preset`, or a mapping with ``name`` and overrides."""
+    if isinstance(preset_or_config, Mapping):
+        d = dict(preset_or_config)
+        if "name" not in d:
+            raise ValueError("a config mapping needs the 'name' of the preset it starts from")
+        name = d.pop("name")
+        return get_preset(name, **{**d, **overrides})
+    return get_preset(preset_or_config, **overrides)
+
+
+def limit_data(data: DataSplit, cfg: Any, device) -> DataSplit:
+    """The first ``cfg.train_size`` / ``cfg.test_size`` examples, on ``device``."""
+    xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
+    if getattr(cfg, "train_size", None) is not None:
+        xtr, ytr = xtr[:cfg.train_size], ytr[:cfg.train_size]
+    if getattr(cfg, "test_size", None) is not None:
+        xte, yte = xte[:cfg.test_size], yte[:cfg.test_size]
+    return data._replace(x_train=xtr.to(device), y_train=ytr.to(device), x_test=xte.to(device),
+                         y_test=yte.to(device))
+
+
+def teacher_targets(cfg: Preset, model: CRNN, teacher, device) -> Callable | None:
+    """For KD: ``(x, y) -> Targets(y, [teacher features of each augmented layer])``; else None."""
+    if cfg.augment not in ("kd", "kdw"):
+        return None
+    from eqkern.training.teacher import load_teacher, match_features, teacher_features
+
+    if teacher is None:
+        teacher = cfg.teacher_path
+    if teacher is None:
+        raise ValueError(f"preset {cfg.name} distils from a {cfg.teacher_arch} teacher: train one "
+                         f"with eqkern.train_teacher(arch={cfg.teacher_arch!r}, width={cfg.width:g}, "
+                         f"out=PATH) (CLI: eqkern teacher) and pass teacher=PATH or "
+                         f"teacher_path=PATH")
+    if isinstance(teacher, (str, os.PathLike)):
+        teacher = load_teacher(teacher, map_location=device)
+    teacher = teacher.to(device).eval()
+    picks = match_features(teacher, model.state_shapes, cfg.augment_layers)
+
+    def targets_of(x: torch.Tensor, y: torch.Tensor) -> Targets:
+        f = teacher_features(teacher, x)
+        return Targets(y, [f[k] for k in picks])
+
+    return targets_of

@@ -1,0 +1,359 @@
+"""Typed configuration: the sections a :class:`~eqkern.training.presets.Preset` is made of.
+
+Each section is a frozen dataclass of the fields one part of eqkern reads, with its types, its
+defaults and its choice lists (imported from the module that owns them, so every list is written
+once); ``validate()`` checks the types and choices, then runs that module's own checks:
+
+* :class:`LabelSection`   name, source, notes
+* :class:`DataSection`    dataset, its augmentation, sizes and batch sizes        (eqkern.data)
+* :class:`ModelSection`   arch, read-out, feedback, init, width, skip links       (eqkern.model)
+* :class:`PhaseSection`   β, the phases, estimator, rule, schedule, stop          (dynamics, learning)
+* :class:`OptimSection`   learning rates, optimiser, cosine annealing              (training)
+* :class:`AugmentSection` LE / KD(W) signals, the κ schedule, the teacher          (model.auxiliary, kappa)
+* :class:`RunSection`     epochs, seed, backend                                    (eqkern.backends)
+
+``Preset`` inherits every section, so its fields stay flat (``cfg.t_free``, ``cfg.lr``).
+:func:`parse_field` reads a ``--set`` value by the field's declared type and :func:`check_field`
+checks a Python value; both raise a ``ValueError`` naming the field, the value and the type.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from fractions import Fraction
+from numbers import Integral, Real
+from typing import Any, Union
+
+from eqkern.backends import BACKENDS
+from eqkern.backends.update_order import SCHEDULES
+from eqkern.data.datasets import DATASETS
+from eqkern.dynamics.convergence import check_stop_args
+from eqkern.learning.ep import ESTIMATORS
+from eqkern.learning.separate_feedback import RULES
+from eqkern.model.skips import random_skips, residual_skips
+from eqkern.model.specs import FEEDBACK_MODES, READOUTS, STATE_INITS, LayerSpec
+from eqkern.model.vgg import VGG_ARCHS
+from eqkern.training.kappa import SCHEDULES as KAPPA_SCHEDULES
+from eqkern.training.kappa import make_schedule
+
+__all__ = ["LabelSection", "DataSection", "ModelSection", "PhaseSection", "OptimSection",
+           "AugmentSection", "RunSection", "SECTIONS", "METHODS", "OPTIMIZERS", "SKIPS",
+           "AUGMENTS", "DATA_AUGMENTATIONS", "parse_field", "check_field", "describe_type",
+           "field_types"]
+
+# The choice lists that no lower module owns (the others are imported above).
+METHODS = ("ep", "bptt", "bp")                  # bp: feed-forward backprop
+OPTIMIZERS = ("sgd", "adam")
+SKIPS = ("none", "residual", "random")
+AUGMENTS = ("none", "le", "kd", "kdw")
+DATA_AUGMENTATIONS = ("crop_flip", "none")
+
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def choice(options, default: Any = MISSING, *, positional: bool = False):
+    """A field whose (non-None) value must be one of ``options``."""
+    return field(default=default, kw_only=not positional, metadata={"choices": tuple(options)})
+
+
+# --- the sections ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class LabelSection:
+    name: str = field(kw_only=False)
+    source: str = field(kw_only=False)           # paper and table it reproduces
+    notes: str = ""                              # where a paper is silent and what we chose
+
+    def validate(self) -> None:
+        check_fields(self, LabelSection)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    dataset: str = choice(DATASETS, positional=True)   # eqkern.data.datasets name
+    data_augmentation: str = choice(DATA_AUGMENTATIONS, "crop_flip")
+    crop_padding: int = 4
+    train_size: int | None = None                # keep the first n training examples
+    test_size: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 500
+
+    def validate(self) -> None:
+        check_fields(self, DataSection)
+        _at_least(self, 1, "batch_size", "eval_batch_size", "train_size", "test_size")
+        _at_least(self, 0, "crop_padding")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    arch: tuple[LayerSpec, ...] = field(kw_only=False)   # full-width layer specs
+    readout: str = choice(READOUTS, "ce")        # "ce" (soft-max read-out) or "mse"
+    feedback: str = choice(FEEDBACK_MODES, "symmetric")  # separate: B_l (Laborieux §2.4)
+    init_scale: float = 1.0                      # factor on PyTorch's Kaiming-uniform init
+    state_init: str = choice(STATE_INITS, "zeros")       # zeros | uniform (U(0,1))
+    width: float = 1.0                           # factor on every hidden width (tests, CPU runs)
+    skips: str = choice(SKIPS, "none")           # residual (every skip_every layers) | random (AGT)
+    skip_every: int = 3                          # residual: links (0, k), (k, 2k), … between state layers
+    skip_p: float = 0.2                          # random: probability of each pair (i, j), j > i + 1
+    skip_seed: int = 0                           # random: seed of the topology
+
+    def skip_pairs(self) -> tuple[tuple[int, int], ...]:
+        """The skip links ``(i, j)`` of the state layers (:mod:`eqkern.model.skips`)."""
+        if self.skips == "residual":
+            return residual_skips(len(self.arch), self.skip_every)
+        if self.skips == "random":
+            return random_skips(len(self.arch), self.skip_p, self.skip_seed)
+        return ()
+
+    def validate(self) -> None:
+        check_fields(self, ModelSection)
+        if not self.arch:
+            raise ValueError("arch must have at least one layer")
+        _positive(self, "init_scale", "width")
+        self.skip_pairs()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseSection:
+    beta: float = 0.5
+    t_free: int = 250
+    t_nudge: int = 50
+    estimator: str = choice(ESTIMATORS, "symmetric")
+    method: str = choice(METHODS, "ep")          # ep (any estimator/rule) | bptt | bp
+    truncate: int | None = None                  # bptt: steps the graph covers (None: all of t_free)
+    rule: str | None = choice(RULES, None)       # None: ep (symmetric) / kp-vf (separate)
+    leakage: float = 0.0                         # KP-VF λ on W_l, B_l (weight_decay acts too)
+    schedule: str = choice(SCHEDULES, "synchronous")     # alternating: even, then odd layers
+    tol: float | None = None                     # convergence stop of every phase (None: fixed T, K)
+    check_every: int = 10                        # steps between two convergence checks
+    batched_nudge: bool = False                  # the ±β phases as one batch of 2B
+
+    def validate(self) -> None:
+        check_fields(self, PhaseSection)
+        _at_least(self, 1, "t_free", "t_nudge", "truncate")
+        if not math.isfinite(self.beta):
+            raise ValueError(f"beta must be a finite number, got {self.beta}")
+        if not (math.isfinite(self.leakage) and self.leakage >= 0.0):
+            raise ValueError(f"leakage must be a finite number >= 0, got {self.leakage}")
+        check_stop_args(self.tol, self.check_every)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSection:
+    lr: tuple[float, ...] = (0.03,)              # one per weight layer (read-out included), or one for all
+    optimizer: str = choice(OPTIMIZERS, "sgd")   # (or pass any torch.optim class to train_vgg)
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    cosine: bool = True                          # cosine annealing of the learning rates
+    cosine_epochs: int | None = None             # its period T_max (None: the number of epochs)
+    lr_min: float = 1e-5                         # its eta_min
+
+    def validate(self) -> None:
+        check_fields(self, OptimSection)
+        if not self.lr:
+            raise ValueError("lr must give at least one rate")
+        _at_least(self, 0.0, "momentum", "weight_decay", "lr_min")
+        _at_least(self, 1, "cosine_epochs")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentSection:
+    augment: str = choice(AUGMENTS, "none")      # none | le | kd | kdw
+    augment_layers: tuple[int, ...] = ()         # state-layer indices (0-based)
+    tau: float = 4.0
+    le_learn: bool = True                        # LE projections B_i learned (eq. 20) or frozen
+    kappa: float = 0.0                           # κ_init
+    kappa_schedule: str = choice(KAPPA_SCHEDULES, "constant")
+    kappa_epochs: int | None = None              # E_total of eq. 14 (None: the number of epochs)
+    kappa_min: float = 0.0
+    kappa_gamma: float = 0.02
+    teacher_arch: str | None = choice(VGG_ARCHS, None)   # KD: eqkern.teacher architecture
+    teacher_path: str | None = None              # KD: checkpoint written by train_teacher
+
+    def validate(self) -> None:
+        check_fields(self, AugmentSection)
+        if self.augment != "none" and not self.augment_layers:
+            raise ValueError(f"augment={self.augment!r} needs augment_layers")
+        _positive(self, "tau")
+        _at_least(self, 1, "kappa_epochs")
+        make_schedule(self.kappa_schedule, self.kappa, total_epochs=self.kappa_epochs or 1,
+                      kappa_min=self.kappa_min, gamma=self.kappa_gamma)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSection:
+    epochs: int = 250
+    seed: int = 0
+    backend: str | None = choice(BACKENDS, None)  # None: the device's default
+
+    def validate(self) -> None:
+        check_fields(self, RunSection)
+        _at_least(self, 1, "epochs")
+
+
+# Bottom to top: the positional fields of a Preset are name, source, dataset, arch.
+SECTIONS = (LabelSection, DataSection, ModelSection, PhaseSection, OptimSection, AugmentSection,
+            RunSection)
+
+
+# --- field types -----------------------------------------------------------------------------
+
+def field_types(cls) -> dict[str, tuple[Any, tuple | None]]:
+    """``{field: (type, choices or None)}`` of a section (or of Preset)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.metadata.get("choices")) for f in fields(cls)}
+
+
+def _args(tp) -> tuple:
+    return typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else ()
+
+
+def _optional(tp) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None``, else ``(tp, False)``."""
+    arms = [a for a in _args(tp) if a is not type(None)]
+    if len(arms) == len(_args(tp)) - 1 and len(arms) >= 1:
+        return (arms[0] if len(arms) == 1 else Union[tuple(arms)]), True
+    return tp, False
+
+
+def _item(tp):
+    """``X`` of ``tuple[X, ...]``, else None."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
+# type: (as text, as a Python value, plural)
+_NAMES = {bool: ("a bool (true/false or 1/0)", "a bool", "bools"), int: ("an int", "an int", "ints"),
+          float: ("a number (e.g. 0.5, 1e-3 or 1/8)", "a number", "numbers"),
+          str: ("a string", "a string", "strings")}
+
+
+def describe_type(tp, choices: tuple | None = None, *, text: bool = True) -> str:
+    """In words, for messages: ``'an int or none'``, ``'one of ce, mse'``, ... (``text``: as
+    ``--set`` reads it, else as a Python value)."""
+    inner, optional = _optional(tp)
+    item = _item(inner)
+    if choices:
+        txt = "one of " + ", ".join(map(str, choices))
+    elif item in _NAMES:
+        plural = _NAMES[item][2]
+        txt = f"comma-separated {plural} (empty for none)" if text else f"a sequence of {plural}"
+    elif item is not None:
+        txt = f"a tuple of {describe_type(item, text=text)}"
+    elif inner in _NAMES:
+        txt = _NAMES[inner][0 if text else 1]
+    else:
+        txt = " or ".join(getattr(a, "__name__", str(a)) for a in (_args(inner) or (inner,)))
+    return txt + (" or none" if optional else "")
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _from_text(tp, raw: str) -> Any:
+    """``raw`` read as ``tp`` (raises _Mismatch)."""
+    inner, optional = _optional(tp)
+    text = raw.strip()
+    if optional and text.lower() == "none":
+        return None
+    item = _item(inner)
+    if item is not None:
+        parts = [t for t in text.strip("()[]").split(",") if t.strip()]
+        return tuple(_from_text(item, t) for t in parts)
+    try:
+        if inner is bool:
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+        elif inner is int:
+            return int(text)
+        elif inner is float:
+            return float(Fraction(text)) if "/" in text else float(text)
+        elif inner is str:
+            return text
+    except (ValueError, ZeroDivisionError):
+        pass
+    raise _Mismatch
+
+
+def _from_python(tp, value: Any) -> Any:
+    """``value`` checked against ``tp`` and normalised (int → float, list → tuple; raises _Mismatch)."""
+    inner, optional = _optional(tp)
+    if value is None and optional:
+        return None
+    item = _item(inner)
+    if item is not None:
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        return tuple(_from_python(item, v) for v in values)
+    if inner is bool and isinstance(value, bool):
+        return value
+    if inner is int and isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
+    if inner is float and isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    if inner is str and isinstance(value, str):
+        return value
+    if isinstance(inner, type) and inner not in _NAMES and isinstance(value, inner):
+        return value
+    if _args(inner) and any(isinstance(value, a) for a in _args(inner) if isinstance(a, type)):
+        return value
+    raise _Mismatch
+
+
+def parse_field(name: str, raw: str, types_: dict) -> Any:
+    """The text ``raw`` of field ``name`` (``--set name=raw``) as its declared type."""
+    tp, choices = types_[name]
+    if name == "arch":
+        raise ValueError("--set arch: the architecture cannot be set from the command line; "
+                         "use the Python API")
+    try:
+        value = _from_text(tp, raw)
+    except _Mismatch:
+        value = _Mismatch
+    if value is _Mismatch or (choices and value is not None and value not in choices):
+        raise ValueError(f"--set {name}={raw!r}: expected {describe_type(tp, choices)}")
+    return value
+
+
+def check_field(name: str, value: Any, types_: dict) -> Any:
+    """A Python value of field ``name`` checked against its declared type, normalised."""
+    tp, choices = types_[name]
+    try:
+        value = _from_python(tp, value)
+    except _Mismatch:
+        raise ValueError(f"{name} must be {describe_type(tp, text=False)}, got {value!r}") from None
+    if choices and value is not None and value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_fields(obj, section) -> None:
+    """The type and choice of every field of ``section`` on ``obj`` (a section or a Preset)."""
+    if section not in _TYPES:
+        _TYPES[section] = field_types(section)
+    types_ = _TYPES[section]
+    for name in types_:
+        check_field(name, getattr(obj, name), types_)
+
+
+_TYPES: dict[type, dict] = {}
+
+
+def _at_least(obj, low, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value >= low:
+            raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+
+def _positive(obj, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

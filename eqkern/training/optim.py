@@ -1,0 +1,104 @@
+"""Optimizer parameter groups, the optimizer and the LR scheduler of every training entry point.
+
+Groups never hold a parameter with ``requires_grad=False``: a frozen parameter gets no update,
+no momentum and no weight decay, whatever a backend writes into its ``.grad``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from eqkern.model.crnn import CRNN
+
+__all__ = ["param_groups", "layer_rates", "model_groups", "make_optimizer", "make_scheduler"]
+
+
+def _trainable(params) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def param_groups(model: CRNN, lr: float | Sequence[float]) -> list[dict]:
+    """One optimizer group per connection (and the read-out), for layer-wise learning rates.
+    A separate feedback weight B_l shares W_l's rate (and so momentum and weight decay), as in
+    Laborieux App. E.1: Kolen-Pollack alignment needs the same update law on both."""
+    modules = list(model.connections) + ([model.out] if model.out is not None else [])
+    rates = [lr] * len(modules) if isinstance(lr, (int, float)) else list(lr)
+    if len(rates) != len(modules):
+        raise ValueError(f"lr has {len(rates)} rates, the model has {len(modules)} weight layers")
+    groups = [{"params": _trainable(m.parameters()), "lr": r} for m, r in zip(modules, rates)]
+    for i in range(1, model.num_layers if model.separate_feedback else 0):
+        groups[i]["params"] += _trainable([model.feedback_weight(i)])
+    return groups
+
+
+def layer_rates(model: CRNN, cfg: Any) -> list[float]:
+    """One rate per weight layer from ``cfg.lr`` (one for all, or one per layer; a Preset's
+    ``learning_rates()`` when its architecture is the model's)."""
+    from eqkern.training.presets import expand_lr
+
+    n = len(model.connections) + (1 if model.out is not None else 0)
+    rates = None
+    if hasattr(cfg, "learning_rates") and len(getattr(cfg, "arch", ())) == model.num_layers:
+        rates = cfg.learning_rates()
+    if rates is None or len(rates) != n:
+        rates = expand_lr(cfg.lr, n)
+    return rates
+
+
+def model_groups(model: nn.Module, cfg: Any) -> list[dict]:
+    """A CRNN: the layer-wise groups plus one per LE projection / KDW map and one per skip link,
+    at the rate of the connection feeding its layer (the papers give none). Any other module
+    (the BP teacher): one group of its trainable parameters at ``cfg.lr``."""
+    if not isinstance(model, CRNN):
+        lr = cfg.lr if isinstance(cfg.lr, (int, float)) else cfg.lr[0]
+        return [{"params": _trainable(model.parameters()), "lr": float(lr)}]
+    rates = layer_rates(model, cfg)
+    groups = param_groups(model, rates)
+    if model.augment is not None and len(model.aux):
+        for j, i in enumerate(model.augment.layers):
+            params = _trainable(model.aux[j].parameters())
+            if params:
+                groups.append({"params": params, "lr": rates[i]})
+    for (_, j), link in zip(model.skips, model.skip_links):
+        groups.append({"params": _trainable(link.parameters()), "lr": rates[j]})
+    return groups
+
+
+def make_optimizer(model: nn.Module, cfg: Any, optimizer=None) -> torch.optim.Optimizer:
+    """``optimizer``: None (``cfg.optimizer``: ``sgd``/``adam``, SGD if the config has none), a
+    name, a ``torch.optim.Optimizer`` class (built with the config's weight decay, and momentum if
+    it takes one), or a callable ``groups -> optimizer``."""
+    groups = model_groups(model, cfg)
+    wd, momentum = getattr(cfg, "weight_decay", 0.0), getattr(cfg, "momentum", 0.0)
+    if optimizer is None or isinstance(optimizer, str):
+        name = (optimizer or getattr(cfg, "optimizer", "sgd")).lower()
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=wd)
+        if name == "adam":
+            return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=wd)
+        raise ValueError(f"unknown optimizer {name!r}; use 'sgd', 'adam' or a torch.optim class")
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        params = inspect.signature(optimizer).parameters
+        kw: dict[str, Any] = {}
+        if "weight_decay" in params:
+            kw["weight_decay"] = wd
+        if "momentum" in params:
+            kw["momentum"] = momentum
+        return optimizer(groups, **kw)
+    if callable(optimizer):
+        return optimizer(groups)
+    raise TypeError(f"optimizer must be None, a name, a torch.optim class or a callable, got {optimizer!r}")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Any):
+    """Cosine annealing over ``cfg.cosine_epochs`` (else ``cfg.epochs``) down to ``cfg.lr_min``
+    (1e-5 if the config has none) when ``cfg.cosine``; else None."""
+    if not getattr(cfg, "cosine", False):
+        return None
+    t_max = getattr(cfg, "cosine_epochs", None) or cfg.epochs
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max,
+                                                      eta_min=getattr(cfg, "lr_min", 1e-5))

@@ -1,0 +1,98 @@
+"""The swappable training step of :func:`eqkern.training.engine.fit`: one batch's gradients.
+
+A step adds its gradient estimate to the ``.grad`` of the parameters (the engine zeroes them
+before and runs the optimizer after) and evaluates the model the same way it trains it:
+
+* :class:`EPStep`: ``ep_gradients`` with the config's β, phases, estimator, rule, leakage,
+  schedule, convergence stop, batched nudge and backend;
+* :class:`BPTTStep`: ``bptt_gradients`` through ``t_free`` steps (the last ``truncate``);
+* :class:`BackpropStep`: cross-entropy of ``model(x)`` and ``loss.backward()``, for a
+  feed-forward ``nn.Module`` (the BP teacher VGG).
+
+:func:`make_step` picks one by ``cfg.method`` (``"ep"`` | ``"bptt"`` | ``"bp"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from eqkern.learning.bptt import bptt_gradients
+from eqkern.learning.ep import ep_gradients
+from eqkern.training.evaluation import evaluate, evaluate_classifier
+
+__all__ = ["StepResult", "EPStep", "BPTTStep", "BackpropStep", "make_step"]
+
+
+@dataclass
+class StepResult:
+    """predictions ``(batch,)``, mean loss, settle steps run, the free state (None for BP)."""
+
+    predictions: torch.Tensor
+    loss: float
+    settle_steps: int = 0
+    free_state: list[torch.Tensor] | None = None
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    return getattr(cfg, name, default)
+
+
+class _CRNNStep:
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def evaluate(self, model, x, y) -> tuple[float, float]:
+        c = self.cfg
+        return evaluate(model, x, y, t_free=c.t_free, batch_size=_get(c, "eval_batch_size", 500),
+                        backend=c.backend, schedule=_get(c, "schedule", "synchronous"),
+                        tol=_get(c, "tol", None), check_every=_get(c, "check_every", 10))
+
+
+class EPStep(_CRNNStep):
+    def __call__(self, model, x, targets, generator=None) -> StepResult:
+        c = self.cfg
+        res = ep_gradients(model, x, targets, beta=c.beta, t_free=c.t_free, t_nudge=c.t_nudge,
+                           estimator=c.estimator, backend=c.backend, generator=generator,
+                           rule=_get(c, "rule", None), leakage=_get(c, "leakage", 0.0),
+                           schedule=_get(c, "schedule", "synchronous"), tol=_get(c, "tol", None),
+                           check_every=_get(c, "check_every", 10),
+                           batched_nudge=_get(c, "batched_nudge", False))
+        return StepResult(res.predictions, res.loss, res.settle_steps, res.free_state)
+
+
+class BPTTStep(_CRNNStep):
+    def __call__(self, model, x, targets, generator=None) -> StepResult:
+        c = self.cfg
+        res = bptt_gradients(model, x, targets, t_free=c.t_free, truncate=_get(c, "truncate", None),
+                             schedule=_get(c, "schedule", "synchronous"))
+        return StepResult(res.predictions, res.loss, c.t_free, res.final_state)
+
+
+class BackpropStep:
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def __call__(self, model, x, targets, generator=None) -> StepResult:
+        with torch.enable_grad():
+            logits = model(x)
+            loss = F.cross_entropy(logits, targets)
+            loss.backward()
+        return StepResult(logits.detach().argmax(1), loss.item())
+
+    def evaluate(self, model, x, y) -> tuple[float, float]:
+        try:
+            return evaluate_classifier(model, x, y, batch_size=_get(self.cfg, "eval_batch_size", 500))
+        finally:
+            model.train()
+
+
+def make_step(cfg: Any):
+    method = _get(cfg, "method", "ep")
+    steps = {"ep": EPStep, "bptt": BPTTStep, "bp": BackpropStep}
+    if method not in steps:
+        raise ValueError(f"method must be 'ep', 'bptt' or 'bp', got {method!r}")
+    return steps[method](cfg)
