@@ -1,4 +1,4 @@
-// The nudge terms n_i of eqkern::settle (SPEC §1, §3; the Python twin is CRNN.layer_nudge):
+// The nudge terms n_i of eqkern::settle (the Python twin is eqkern.model.energy.layer_nudge):
 //   read-out layer N:   n_N = -beta dL_EP/ds_N   = beta W_out^T (onehot - softmax(W_out s_N + b))  (CE)
 //                                                or beta (onehot - s_N)                            (MSE)
 //   augmented layer i:  n_i += -beta c_i M_i^T (softmax(flat(M_i s_i) / tau) - target_i)

@@ -3,7 +3,7 @@
 // Device-independent C++ on ATen (the convolutions go through ATen: oneDNN on CPU, cuDNN on GPU);
 // the two fused per-element passes of a layer (pool + unpool, and the epilogue) are device kernels
 // handed in through DeviceKernels, so csrc/cpu and csrc/cuda register the same loop with their own
-// kernels. See eqkern/backends/cpp.py for the Python side and SPEC §1-2 for the math.
+// kernels. See eqkern/backends/cpp_backend.py for the Python side and eqkern/model/energy.py for the terms.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -74,20 +74,14 @@ def primitive(
     return phi
 
 
-def settle(
-    model: CRNN,
-    x: torch.Tensor,
-    state: list[torch.Tensor],
-    beta: float | torch.Tensor,
-    steps: int,
-    y: torch.Tensor | None,
-    schedule: str = "synchronous",
-) -> list[torch.Tensor]:
+def settle(model: CRNN, phase: PhaseInputs) -> None:
     """Run ``steps`` steps ``s ← ρ(∂Φ_β/∂s)``; ``state`` is updated in place.
 
     ``schedule="synchronous"``: every layer from the same state. ``"alternating"``: the even layers
     (0, 2, …) from the current state, then the odd layers from the state with the new even layers.
     """
+    x, state, beta, steps, y, schedule = (phase.x, phase.state, phase.beta, phase.steps,
+                                          phase.targets, phase.schedule)
     scaled = _split(model)
     groups = schedule_groups(len(state), schedule)
     for _ in range(steps):
@@ -99,7 +93,6 @@ def settle(
             with torch.no_grad():
                 for i, g in zip(group, grads):
                     state[i].copy_(activate(model.specs[i].activation, g))
-    return state
 
 
 def hebbian_gradients(model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
@@ -124,8 +117,7 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def settle(self, model: CRNN, phase: PhaseInputs) -> None:
-        settle(model, phase.x, phase.state, phase.beta, phase.steps, phase.targets,
-               schedule=phase.schedule)
+        settle(model, phase)
 
     def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
         return hebbian_gradients(model, x, y, a, b)

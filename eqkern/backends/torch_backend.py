@@ -197,23 +197,15 @@ def step(
 
 
 @torch.no_grad()
-def settle(
-    model: CRNN,
-    x: torch.Tensor,
-    state: list[torch.Tensor],
-    beta: float | torch.Tensor,
-    steps: int,
-    y: torch.Tensor | None,
-    epilogue: Epilogue = torch_epilogue_,
-    schedule: str = "synchronous",
-) -> list[torch.Tensor]:
+def settle(model: CRNN, phase: PhaseInputs) -> None:
     """Run ``steps`` steps of ``schedule`` in place; the input drive ``u_0`` is computed once for
     the phase (and, alternating, the pool indices carried from step to step)."""
+    x, state, beta, steps, y, schedule = (phase.x, phase.state, phase.beta, phase.steps,
+                                          phase.targets, phase.schedule)
     input_drive = energy.drive(model, 0, x)[0]
     indices: dict[int, torch.Tensor | None] = {}
     for _ in range(steps):
-        step_(model, input_drive, state, beta, y, epilogue, schedule, indices)
-    return state
+        step_(model, input_drive, state, beta, y, schedule=schedule, indices=indices)
 
 
 @torch.no_grad()
@@ -257,8 +249,7 @@ class TorchBackend(Backend):
     alternating_skips = False
 
     def settle(self, model: CRNN, phase: PhaseInputs) -> None:
-        settle(model, phase.x, phase.state, phase.beta, phase.steps, phase.targets,
-               schedule=phase.schedule)
+        settle(model, phase)
 
     def unroll(self, model: CRNN, x: torch.Tensor, state: Sequence[torch.Tensor], steps: int, *,
                schedule: str = "synchronous") -> list[torch.Tensor]:

@@ -175,17 +175,11 @@ def _contiguous_state(state: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def settle(
-    model: CRNN,
-    x: torch.Tensor,
-    state: list[torch.Tensor],
-    beta: float | torch.Tensor,
-    steps: int,
-    y: torch.Tensor | None,
-    schedule: str = "synchronous",
-) -> list[torch.Tensor]:
+def settle(model: CRNN, phase: PhaseInputs) -> None:
     """Run ``steps`` steps of ``schedule`` in place; the input drive ``u_0`` is computed once for
     the phase (and, alternating, the pool indices carried from step to step)."""
+    x, state, beta, steps, y, schedule = (phase.x, phase.state, phase.beta, phase.steps,
+                                          phase.targets, phase.schedule)
     work = _contiguous_state(state)
     input_drive = drive(model, 0, x)[0]
     indices: dict[int, torch.Tensor | None] = {}
@@ -194,7 +188,6 @@ def settle(
     for s, w in zip(state, work):
         if s is not w:  # a non-contiguous layer was updated in a copy
             s.copy_(w)
-    return state
 
 
 @torch.no_grad()
@@ -270,8 +263,7 @@ class TritonBackend(Backend):
         return _reason(device)
 
     def settle(self, model: CRNN, phase: PhaseInputs) -> None:
-        settle(model, phase.x, phase.state, phase.beta, phase.steps, phase.targets,
-               schedule=phase.schedule)
+        settle(model, phase)
 
     def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
         return hebbian_gradients(model, x, y, a, b)

@@ -103,13 +103,9 @@ def free_phase(
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
     ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run."""
-    check_phase_args(model, x, 0.0, t_free, None)
-    check_stop_args(tol, check_every)
-    state = model.init_state(x.shape[0], like=x)
-    be = get_backend(backend, x.device, model, schedule=schedule)
-    used = run_phase(be, model, PhaseInputs(x, state, 0.0, t_free, None, schedule), tol=tol,
-                     check_every=check_every)
-    return (state, used) if return_steps else state
+    model.check_input(x)  # before init_state reads x's batch, dtype and device
+    return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,
+                  schedule=schedule, tol=tol, check_every=check_every, return_steps=return_steps)
 
 
 # CRNN.forward runs this free phase (the model layer cannot import this one).

@@ -239,7 +239,7 @@ def hebbian_update(
 ) -> None:
     """Add the contrastive Hebbian update of every parameter into ``grads``, in place.
 
-    ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)`` (SPEC §2); the CE read-out
+    ``g_θ = −[∂Φ_{β_a}/∂θ(s_a) − ∂Φ_{β_b}/∂θ(s_b)] / ((β_a − β_b)·batch)``; the CE read-out
     gets ``(β_a ∂L/∂θ(s_a) − β_b ∂L/∂θ(s_b)) / ((β_a − β_b)·batch)``. grads: weight and bias of every
     layer, then out_weight and out_bias (CE), shaped like the parameters. targets: needed with CE.
     """

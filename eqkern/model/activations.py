@@ -13,7 +13,7 @@ import torch
 
 # name -> code shared with csrc/math/settle_epilogue.h (enum Activation).
 ACTIVATION_CODES: dict[str, int] = {
-    "hard_sigmoid": 0,  # clamp(u/2, 0, 1): Laborieux's my_hard_sig, the default (SPEC §1)
+    "hard_sigmoid": 0,  # clamp(u/2, 0, 1): Laborieux's my_hard_sig, the default
     "clamp01": 1,  # clamp(u, 0, 1): FRE-RNN and the "shifted hard sigmoid" of older EP code
     "hard_sigmoid_courbariaux": 2,  # clamp((u+1)/2, 0, 1)
     "relu": 3,

@@ -1,4 +1,4 @@
-"""Peak memory of one training iteration, EP vs BPTT (SPEC §5, Lin Table 2).
+"""Peak memory of one training iteration, EP vs BPTT  (Lin Table 2).
 
 Two methods, and every report says which it used:
 

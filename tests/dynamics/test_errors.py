@@ -69,6 +69,11 @@ def test_unknown_estimator_and_backend(setup):
 def test_triton_on_cpu_needs_the_interpreter(setup, monkeypatch):
     """Without TRITON_INTERPRET=1 the triton backend cannot run on cpu, and says how to fix it."""
     model, x, _ = setup
+    # triton reads TRITON_INTERPRET when it is first imported and keeps it: import it with the
+    # suite's value first, or the kernels of later tests would be built half for a GPU.
+    from eqkern.kernels import native
+
+    native.triton_status()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="set TRITON_INTERPRET=1 before importing eqkern"):
         settle(model, x, model.init_state(2), 0.0, 1, backend="triton")

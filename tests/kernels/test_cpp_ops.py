@@ -12,7 +12,7 @@ from eqkern import CRNN, Conv, Linear
 from eqkern.kernels import native as _build
 from eqkern.kernels import ops
 from eqkern.backends import cpp_backend, reference, torch_backend
-from eqkern.backends.base import accumulate_grads
+from eqkern.backends.base import PhaseInputs, accumulate_grads
 from eqkern.backends.base import Phase
 
 
@@ -44,6 +44,11 @@ def _phase(settle_fn, model, x, y, beta, steps, noncontig=False):
     return state
 
 
+def _ref(model, x, state, beta, steps, y):
+    reference.settle(model, PhaseInputs(x, state, beta, steps, y))
+    return state
+
+
 def _cpp(model, x, state, beta, steps, y):
     ops.settle(x, ops.network_args(model), state, beta, steps, y if beta != 0.0 else None)
     return state
@@ -56,7 +61,7 @@ def _cpp(model, x, state, beta, steps, y):
 def test_settle_op_matches_reference(case, dtype, layout, monkeypatch):
     monkeypatch.setenv("EQKERN_CPP_CHANNELS_LAST", "1" if layout == "channels_last" else "0")
     model, x, y = BY_ID[case].build(dtype)
-    ref = _phase(reference.settle, model, x, y, 0.5, 6)
+    ref = _phase(_ref, model, x, y, 0.5, 6)
     out = _phase(_cpp, model, x, y, 0.5, 6, noncontig=(case == "conv-pool-odd11"))
     for i, (r, o) in enumerate(zip(ref, out)):
         err = rel_rms(r, o)
@@ -75,7 +80,7 @@ def test_settle_op_one_step_equals_torch_backend(layout, monkeypatch):
     for steps in (1, 3):
         a = model.init_state(2, like=x)
         b = model.init_state(2, like=x)
-        torch_backend.settle(model, x, a, 0.7, steps, y)
+        torch_backend.settle(model, PhaseInputs(x, a, 0.7, steps, y))
         _cpp(model, x, b, 0.7, steps, y)
         for i, (r, o) in enumerate(zip(a, b)):
             torch.testing.assert_close(o, r, rtol=1e-13, atol=1e-13, msg=f"state[{i}] after {steps} steps")
@@ -92,11 +97,11 @@ def test_settle_op_zero_steps_and_batch1():
 
 def _hebbian_phases(model, x, y):
     torch.manual_seed(5)
-    free = _phase(reference.settle, model, x, y, 0.0, 0)
+    free = _phase(_ref, model, x, y, 0.0, 0)
     plus = [s.clone() for s in free]
     minus = [s.clone() for s in free]
-    reference.settle(model, x, plus, 0.5, 4, y)
-    reference.settle(model, x, minus, -0.5, 4, y)
+    _ref(model, x, plus, 0.5, 4, y)
+    _ref(model, x, minus, -0.5, 4, y)
     return free, plus, minus
 
 

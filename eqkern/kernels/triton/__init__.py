@@ -1,4 +1,4 @@
-"""Triton kernels of the ``triton`` backend (SPEC §4), one module per op.
+"""Triton kernels of the ``triton`` backend, one module per op.
 
 * :mod:`.forward_pool`: ``eqkern::forward_pool_triton``, conv + bias + 2×2 max-pool with indices;
 * :mod:`.feedback_settle`: ``eqkern::feedback_settle_triton``, unpool-gather + transposed conv +

@@ -7,7 +7,7 @@ that tensor cores are used with fp32 accumulation; ``ACC`` otherwise, with
 ``input_precision="ieee"`` so that fp32 dots are exact fp32 (no tf32) and the interpreter and the
 GPU agree with the fp32 tests (``EQKERN_TRITON_FP32_DOT=tf32`` trades that for tensor cores).
 The interpreter multiplies raw bit patterns in a bf16 ``tl.dot`` (triton#11584), so there bf16
-tiles are upcast to fp32 before the dot (CONVENTIONS §5).
+tiles are upcast to fp32 before the dot (the interpreter has no 16-bit dot).
 
 ``TRITON_INTERPRET`` is read at ``@triton.jit`` decoration, i.e. when this package is imported:
 import ``eqkern.kernels.triton`` only after it is set (``tests/conftest.py`` does).

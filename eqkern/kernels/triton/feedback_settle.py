@@ -1,6 +1,6 @@
 """Op ``eqkern::feedback_settle_triton``: the layer update ``s ← ρ(α·u + γ·d + n)``, in place.
 
-One launch per layer and step (SPEC §1). ``d`` is the top-down term of the layer above, a
+One launch per layer and step. ``d`` is the top-down term of the layer above, a
 transposed convolution of the *unpooled* upper state, computed without the unpooled tensor:
 
     s: (B, C, H, W) (overwritten), u: like s (bottom-up drive), n: like s or None (nudge)

@@ -1,6 +1,6 @@
 """Op ``eqkern::forward_pool_triton``: k×k stride-1 convolution + bias + optional 2×2 max-pool.
 
-The bottom-up drive of a conv layer (SPEC §1), ``u = P(W * s + b)``, in one launch:
+The bottom-up drive of a conv layer, ``u = P(W * s + b)``, in one launch:
 
     x: (B, C, H, W), weight: (CO, C, k, k), bias: (CO,)  →  y: (B, CO, HP, WP), idx: (B, CO, HP, WP)
     pre[b, n, oh, ow] = b[n] + Σ_{c,kh,kw} W[n, c, kh, kw] · x[b, c, oh + kh − p, ow + kw − p]

@@ -1,6 +1,6 @@
 """Op ``eqkern::hebbian_triton``: the contrastive Hebbian update of one conv layer, both phases, one launch.
 
-SPEC §2: for the connection ``s_in → s_out`` (conv k×k, padding p, optional 2×2 pool),
+The Hebbian product for the connection ``s_in → s_out`` (conv k×k, padding p, optional 2×2 pool),
 
     gW[n, c, kh, kw] = scale · Σ_{b,oh,ow} ( Ua[b,n,oh,ow] · in_a[b, c, oh+kh−p, ow+kw−p]
                                            − Ub[b,n,oh,ow] · in_b[b, c, oh+kh−p, ow+kw−p] )
