@@ -74,7 +74,7 @@ def primitive(
     return phi
 
 
-def settle(model: CRNN, phase: PhaseInputs) -> None:
+def run_steps(model: CRNN, phase: PhaseInputs) -> None:
     """Run ``steps`` steps ``s ← ρ(∂Φ_β/∂s)``; ``state`` is updated in place.
 
     ``schedule="synchronous"``: every layer from the same state. ``"alternating"``: the even layers
@@ -117,7 +117,7 @@ class ReferenceBackend(Backend):
     name = "reference"
 
     def settle(self, model: CRNN, phase: PhaseInputs) -> None:
-        settle(model, phase)
+        run_steps(model, phase)
 
     def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
         return hebbian_gradients(model, x, y, a, b)

@@ -197,7 +197,7 @@ def step(
 
 
 @torch.no_grad()
-def settle(model: CRNN, phase: PhaseInputs) -> None:
+def run_steps(model: CRNN, phase: PhaseInputs) -> None:
     """Run ``steps`` steps of ``schedule`` in place; the input drive ``u_0`` is computed once for
     the phase (and, alternating, the pool indices carried from step to step)."""
     x, state, beta, steps, y, schedule = (phase.x, phase.state, phase.beta, phase.steps,
@@ -249,7 +249,7 @@ class TorchBackend(Backend):
     alternating_skips = False
 
     def settle(self, model: CRNN, phase: PhaseInputs) -> None:
-        settle(model, phase)
+        run_steps(model, phase)
 
     def unroll(self, model: CRNN, x: torch.Tensor, state: Sequence[torch.Tensor], steps: int, *,
                schedule: str = "synchronous") -> list[torch.Tensor]:

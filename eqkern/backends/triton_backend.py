@@ -175,7 +175,7 @@ def _contiguous_state(state: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def settle(model: CRNN, phase: PhaseInputs) -> None:
+def run_steps(model: CRNN, phase: PhaseInputs) -> None:
     """Run ``steps`` steps of ``schedule`` in place; the input drive ``u_0`` is computed once for
     the phase (and, alternating, the pool indices carried from step to step)."""
     x, state, beta, steps, y, schedule = (phase.x, phase.state, phase.beta, phase.steps,
@@ -263,7 +263,7 @@ class TritonBackend(Backend):
         return _reason(device)
 
     def settle(self, model: CRNN, phase: PhaseInputs) -> None:
-        settle(model, phase)
+        run_steps(model, phase)
 
     def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
         return hebbian_gradients(model, x, y, a, b)

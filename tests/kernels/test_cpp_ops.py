@@ -45,7 +45,7 @@ def _phase(settle_fn, model, x, y, beta, steps, noncontig=False):
 
 
 def _ref(model, x, state, beta, steps, y):
-    reference.settle(model, PhaseInputs(x, state, beta, steps, y))
+    reference.BACKEND.settle(model, PhaseInputs(x, state, beta, steps, y))
     return state
 
 
@@ -80,7 +80,7 @@ def test_settle_op_one_step_equals_torch_backend(layout, monkeypatch):
     for steps in (1, 3):
         a = model.init_state(2, like=x)
         b = model.init_state(2, like=x)
-        torch_backend.settle(model, PhaseInputs(x, a, 0.7, steps, y))
+        torch_backend.BACKEND.settle(model, PhaseInputs(x, a, 0.7, steps, y))
         _cpp(model, x, b, 0.7, steps, y)
         for i, (r, o) in enumerate(zip(a, b)):
             torch.testing.assert_close(o, r, rtol=1e-13, atol=1e-13, msg=f"state[{i}] after {steps} steps")
