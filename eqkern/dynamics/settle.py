@@ -13,6 +13,7 @@ import torch
 from eqkern.backends import get_backend
 from eqkern.backends.base import PhaseInputs
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
+from eqkern.model import checks
 from eqkern.model.crnn import CRNN, register_free_phase
 
 
@@ -26,7 +27,7 @@ def check_phase_args(
     """Validate the arguments of a phase, with errors that say what is wrong.
 
     ``beta``: a float, or a per-sample ``(batch,)`` tensor."""
-    model.check_input(x)
+    checks.check_input(model, x)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if isinstance(beta, torch.Tensor):
@@ -40,7 +41,7 @@ def check_phase_args(
     if (isinstance(beta, torch.Tensor) or beta != 0.0) and targets is None:
         raise ValueError("a nudged phase (beta != 0) needs targets")
     if targets is not None:
-        model.check_targets(targets, x.shape[0])
+        checks.check_targets(model, targets, x.shape[0])
 
 
 def settle(
@@ -82,7 +83,7 @@ def settle(
         beta = float(beta)
     check_phase_args(model, x, beta, steps, targets)
     check_stop_args(tol, check_every)
-    model.check_state(state, x.shape[0])
+    checks.check_state(model, state, x.shape[0])
     be = get_backend(backend, x.device, model, schedule=schedule)
     used = run_phase(be, model, PhaseInputs(x, state, beta, steps, targets, schedule), tol=tol,
                      check_every=check_every)
@@ -103,7 +104,7 @@ def free_phase(
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
     ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run."""
-    model.check_input(x)  # before init_state reads x's batch, dtype and device
+    checks.check_input(model, x)  # before init_state reads x's batch, dtype and device
     return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,
                   schedule=schedule, tol=tol, check_every=check_every, return_steps=return_steps)
 

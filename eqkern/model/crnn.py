@@ -1,8 +1,9 @@
-"""The convergent RNN (CRNN): its connections, parameters, state shapes and input checks.
+"""The convergent RNN (CRNN): its connections, parameters, state shapes and read-out.
 
 The layer specs (:class:`Conv`, :class:`Linear`) and their shape arithmetic are in
 :mod:`eqkern.model.specs`; the terms of Φ that the dynamics are built from in
-:mod:`eqkern.model.energy`. The read-out is either ``"ce"`` (a soft-max read-out
+:mod:`eqkern.model.energy`; the checks of a phase's input, state and targets in
+:mod:`eqkern.model.checks`. The read-out is either ``"ce"`` (a soft-max read-out
 ``ŷ = softmax(W_out · s_N + b_out)`` that is not a state, Laborieux §3.2) or ``"mse"`` (the last
 state layer is the output, squared error). In this package ``state[i]`` is ``s_{i+1}``: a Python
 list of tensors, one per state layer.
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from eqkern.model.activations import check_activation
-from eqkern.model.auxiliary import (Augmentation, Distill, labels_of, make_aux_modules,
+from eqkern.model.auxiliary import (Augmentation, make_aux_modules,
                                     reset_aux_module)
 from eqkern.model.skips import SkipLink, check_skips
 from eqkern.model.specs import (FEEDBACK_MODES, READOUTS, STATE_INITS, Conv, Feedback, LayerSpec,
@@ -187,52 +188,6 @@ class CRNN(nn.Module):
         ref = like if like is not None else self.connections[0].weight
         make = torch.zeros if self.state_init == "zeros" else torch.rand
         return [make((batch, *s), dtype=ref.dtype, device=ref.device) for s in self.state_shapes]
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear error if ``x: (batch, *input_shape)`` does not fit the model."""
-        w = self.connections[0].weight
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
-            raise ValueError(f"x has shape {tuple(x.shape)}, expected (batch, *{self.input_shape})")
-        if x.dtype != w.dtype:
-            raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {w.dtype}")
-        if x.device != w.device:
-            raise ValueError(f"x is on {x.device} but the model's parameters are on {w.device}")
-
-    def check_state(self, state: Sequence[torch.Tensor], batch: int) -> None:
-        """Raise a clear error if ``state`` does not match the model and batch."""
-        w = self.connections[0].weight
-        if len(state) != self.num_layers:
-            raise ValueError(f"state has {len(state)} layers, the model has {self.num_layers}")
-        for i, (s, shape) in enumerate(zip(state, self.state_shapes)):
-            if tuple(s.shape) != (batch, *shape):
-                raise ValueError(f"state[{i}] has shape {tuple(s.shape)}, expected {(batch, *shape)}")
-            if s.dtype != w.dtype or s.device != w.device:
-                raise TypeError(
-                    f"state[{i}] is {s.dtype} on {s.device}, the model is {w.dtype} on {w.device}"
-                )
-
-    def check_targets(self, y, batch: int) -> None:
-        """Targets are class ids ``y: (batch,)`` of an integer dtype, on the model's device, or,
-        with KD, ``Targets(labels, features)`` with one teacher tensor per augmented layer."""
-        if isinstance(self.augment, Distill):
-            feats = getattr(y, "features", None)
-            if feats is None or len(feats) != len(self.augment.layers):
-                raise ValueError(f"KD needs eqkern.model.auxiliary.Targets(labels, features) with "
-                                 f"{len(self.augment.layers)} teacher feature tensors")
-            for j, (f, i) in enumerate(zip(feats, self.augment.layers)):
-                if tuple(f.shape) != (batch, *self.state_shapes[i]):
-                    raise ValueError(f"teacher features[{j}] have shape {tuple(f.shape)}, layer {i} "
-                                     f"needs {(batch, *self.state_shapes[i])}")
-        y = labels_of(y)
-        if y.shape != (batch,) or y.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise ValueError(
-                f"targets must be class ids of shape ({batch},) and integer dtype, "
-                f"got shape {tuple(y.shape)} dtype {y.dtype}"
-            )
-        if y.device != self.connections[0].weight.device:
-            raise ValueError(f"targets are on {y.device}, the model on {self.connections[0].weight.device}")
 
     # -- read-out and inference ---------------------------------------------------------------
 
