@@ -9,9 +9,6 @@ Two markers narrow the list at collection (a backend left out is not a test, so 
 * ``slow_in_interpreter``: full-length phases, which the Triton interpreter would take minutes
   over on CPU; triton is left out there (its short-phase versions of the same checks are in
   tests/backends/test_triton_backend.py) and runs on a GPU machine.
-
-:func:`require_capability` skips a test whose model the backend cannot run, with the backend's
-own reason (``Backend.unsupported_reason``).
 """
 
 from __future__ import annotations
@@ -57,14 +54,6 @@ def backend(request) -> str:
     else:
         require_backend(name)
     return name
-
-
-def require_capability(name: str, model, schedule: str = "synchronous") -> None:
-    """Skip, printing the backend's reason, when backend ``name`` cannot run ``model``."""
-    reason = BACKENDS[name].unsupported_reason(model, schedule=schedule)
-    if reason is not None:
-        print(f"skipped: {reason}")
-        pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
