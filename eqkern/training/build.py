@@ -48,9 +48,9 @@ def resolve_preset(preset_or_config, overrides: dict) -> Preset:
 def limit_data(data: DataSplit, cfg: Any, device) -> DataSplit:
     """The first ``cfg.train_size`` / ``cfg.test_size`` examples, on ``device``."""
     xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
-    if getattr(cfg, "train_size", None) is not None:
+    if cfg.train_size is not None:
         xtr, ytr = xtr[:cfg.train_size], ytr[:cfg.train_size]
-    if getattr(cfg, "test_size", None) is not None:
+    if cfg.test_size is not None:
         xte, yte = xte[:cfg.test_size], yte[:cfg.test_size]
     return data._replace(x_train=xtr.to(device), y_train=ytr.to(device), x_test=xte.to(device),
                          y_test=yte.to(device))

@@ -16,6 +16,7 @@ effect on the weights).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -114,17 +115,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 
 def config_dict(cfg: Any) -> dict:
-    """A config (a Preset, a dataclass, a mapping) as plain JSON values."""
-    if hasattr(cfg, "to_dict"):
-        d = cfg.to_dict()
-    elif isinstance(cfg, Mapping):
-        d = dict(cfg)
-    elif hasattr(cfg, "__dataclass_fields__"):
-        import dataclasses
-
-        d = dataclasses.asdict(cfg)
-    else:
-        d = {k: v for k, v in vars(cfg).items() if not k.startswith("_")}
+    """A config (a Preset, whose architecture prints as text, or a TeacherConfig) as plain JSON
+    values."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
     return json.loads(json.dumps(d, default=str))
 
 

@@ -82,8 +82,8 @@ def fit(
 ) -> list[dict]:
     """Train ``model`` and return one record per epoch.
 
-    ``cfg``: a Preset-like object (``epochs``, ``batch_size``, ``seed``, ``method``, the step's
-    fields; optional ``data_augmentation``, ``crop_padding``, ``cosine``, ``optimizer``, ...).
+    ``cfg``: a :class:`~eqkern.training.presets.Preset` (or, for the BP teacher, a
+    :class:`~eqkern.training.teacher.TeacherConfig`: the same data, optimizer and run sections).
     ``step``: a step object (default :func:`~eqkern.training.steps.make_step` of ``cfg``).
     ``optimizer``: an optimizer, or what :func:`~eqkern.training.optim.make_optimizer` takes.
     ``kappa``: a κ schedule, set as ``model.kappa`` each epoch. ``on_batch(epoch, batch)``: after
@@ -176,11 +176,11 @@ class _Run:
         update_sum = torch.zeros(len(weights), dtype=torch.float64, device=dev)
         bar = tqdm(batches, total=n_batches, initial=first, disable=not progress, leave=False,
                    desc=f"{self.label}epoch {epoch + 1}/{cfg.epochs}")
-        augment = getattr(cfg, "data_augmentation", "none") == "crop_flip"
+        augment = cfg.data_augmentation == "crop_flip"
         t0 = time.perf_counter()
         for b, (xb, yb) in enumerate(bar, start=first):
             if augment:
-                xb = crop_flip(xb, aug_gen, padding=getattr(cfg, "crop_padding", 4))
+                xb = crop_flip(xb, aug_gen, padding=cfg.crop_padding)
             targets = yb if targets_of is None else targets_of(xb, yb)
             self.opt.zero_grad(set_to_none=True)
             res = self.step(model, xb, targets, generator=gen)

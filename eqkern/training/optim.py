@@ -42,7 +42,7 @@ def layer_rates(model: CRNN, cfg: Any) -> list[float]:
 
     n = len(model.connections) + (1 if model.out is not None else 0)
     rates = None
-    if hasattr(cfg, "learning_rates") and len(getattr(cfg, "arch", ())) == model.num_layers:
+    if len(cfg.arch) == model.num_layers:  # train() may pass a preset of another network
         rates = cfg.learning_rates()
     if rates is None or len(rates) != n:
         rates = expand_lr(cfg.lr, n)
@@ -54,8 +54,7 @@ def model_groups(model: nn.Module, cfg: Any) -> list[dict]:
     at the rate of the connection feeding its layer (the papers give none). Any other module
     (the BP teacher): one group of its trainable parameters at ``cfg.lr``."""
     if not isinstance(model, CRNN):
-        lr = cfg.lr if isinstance(cfg.lr, (int, float)) else cfg.lr[0]
-        return [{"params": _trainable(model.parameters()), "lr": float(lr)}]
+        return [{"params": _trainable(model.parameters()), "lr": float(cfg.lr[0])}]
     rates = layer_rates(model, cfg)
     groups = param_groups(model, rates)
     if model.augment is not None and len(model.aux):
@@ -69,13 +68,13 @@ def model_groups(model: nn.Module, cfg: Any) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, cfg: Any, optimizer=None) -> torch.optim.Optimizer:
-    """``optimizer``: None (``cfg.optimizer``: ``sgd``/``adam``, SGD if the config has none), a
+    """``optimizer``: None (``cfg.optimizer``: ``sgd``/``adam``), a
     name, a ``torch.optim.Optimizer`` class (built with the config's weight decay, and momentum if
     it takes one), or a callable ``groups -> optimizer``."""
     groups = model_groups(model, cfg)
-    wd, momentum = getattr(cfg, "weight_decay", 0.0), getattr(cfg, "momentum", 0.0)
+    wd, momentum = cfg.weight_decay, cfg.momentum
     if optimizer is None or isinstance(optimizer, str):
-        name = (optimizer or getattr(cfg, "optimizer", "sgd")).lower()
+        name = (optimizer or cfg.optimizer).lower()
         if name == "sgd":
             return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=wd)
         if name == "adam":
@@ -96,9 +95,8 @@ def make_optimizer(model: nn.Module, cfg: Any, optimizer=None) -> torch.optim.Op
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Any):
     """Cosine annealing over ``cfg.cosine_epochs`` (else ``cfg.epochs``) down to ``cfg.lr_min``
-    (1e-5 if the config has none) when ``cfg.cosine``; else None."""
-    if not getattr(cfg, "cosine", False):
+    when ``cfg.cosine``; else None."""
+    if not cfg.cosine:
         return None
-    t_max = getattr(cfg, "cosine_epochs", None) or cfg.epochs
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max,
-                                                      eta_min=getattr(cfg, "lr_min", 1e-5))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.cosine_epochs or cfg.epochs,
+                                                      eta_min=cfg.lr_min)

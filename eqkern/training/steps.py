@@ -37,19 +37,15 @@ class StepResult:
     free_state: list[torch.Tensor] | None = None
 
 
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    return getattr(cfg, name, default)
-
-
 class _CRNNStep:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
     def evaluate(self, model, x, y) -> tuple[float, float]:
         c = self.cfg
-        return evaluate(model, x, y, t_free=c.t_free, batch_size=_get(c, "eval_batch_size", 500),
-                        backend=c.backend, schedule=_get(c, "schedule", "synchronous"),
-                        tol=_get(c, "tol", None), check_every=_get(c, "check_every", 10))
+        return evaluate(model, x, y, t_free=c.t_free, batch_size=c.eval_batch_size,
+                        backend=c.backend, schedule=c.schedule, tol=c.tol,
+                        check_every=c.check_every)
 
 
 class EPStep(_CRNNStep):
@@ -57,18 +53,16 @@ class EPStep(_CRNNStep):
         c = self.cfg
         res = ep_gradients(model, x, targets, beta=c.beta, t_free=c.t_free, t_nudge=c.t_nudge,
                            estimator=c.estimator, backend=c.backend, generator=generator,
-                           rule=_get(c, "rule", None), leakage=_get(c, "leakage", 0.0),
-                           schedule=_get(c, "schedule", "synchronous"), tol=_get(c, "tol", None),
-                           check_every=_get(c, "check_every", 10),
-                           batched_nudge=_get(c, "batched_nudge", False))
+                           rule=c.rule, leakage=c.leakage, schedule=c.schedule, tol=c.tol,
+                           check_every=c.check_every, batched_nudge=c.batched_nudge)
         return StepResult(res.predictions, res.loss, res.settle_steps, res.free_state)
 
 
 class BPTTStep(_CRNNStep):
     def __call__(self, model, x, targets, generator=None) -> StepResult:
         c = self.cfg
-        res = bptt_gradients(model, x, targets, t_free=c.t_free, truncate=_get(c, "truncate", None),
-                             schedule=_get(c, "schedule", "synchronous"))
+        res = bptt_gradients(model, x, targets, t_free=c.t_free, truncate=c.truncate,
+                             schedule=c.schedule)
         return StepResult(res.predictions, res.loss, c.t_free, res.final_state)
 
 
@@ -85,13 +79,13 @@ class BackpropStep:
 
     def evaluate(self, model, x, y) -> tuple[float, float]:
         try:
-            return evaluate_classifier(model, x, y, batch_size=_get(self.cfg, "eval_batch_size", 500))
+            return evaluate_classifier(model, x, y, batch_size=self.cfg.eval_batch_size)
         finally:
             model.train()
 
 
 def make_step(cfg: Any):
-    method = _get(cfg, "method", "ep")
+    method = cfg.method
     steps = {"ep": EPStep, "bptt": BPTTStep, "bp": BackpropStep}
     if method not in steps:
         raise ValueError(f"method must be 'ep', 'bptt' or 'bp', got {method!r}")

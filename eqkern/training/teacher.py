@@ -21,6 +21,7 @@ import torch
 from eqkern.data.datasets import DataSplit, load_dataset
 from eqkern.model.vgg import VGG, VGG_ARCHS, build_teacher, match_features, teacher_features
 from eqkern.training.build import limit_data
+from eqkern.training.config import DataSection, OptimSection, RunSection
 from eqkern.training.engine import Outputs, fit
 
 __all__ = ["train_teacher", "load_teacher", "TeacherResult", "TeacherConfig", "VGG", "VGG_ARCHS",
@@ -34,28 +35,15 @@ class TeacherResult:
     path: Path | None
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
-    """The run config of :func:`train_teacher` (what its checkpoint records and resume checks)."""
+@dataclass(frozen=True, kw_only=True)
+class TeacherConfig(RunSection, OptimSection, DataSection):
+    """The run config of :func:`train_teacher` (what its checkpoint records and resume checks):
+    the data, optimizer and run sections every preset has, plus the teacher network's ``arch``
+    and ``width``. Backprop, so no phase section."""
 
     arch: str
-    dataset: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    width: float
-    data_augmentation: str
-    train_size: int | None
-    test_size: int | None
-    seed: int
+    width: float = 1.0
     method: str = "bp"
-    optimizer: str = "sgd"
-    cosine: bool = True
-    lr_min: float = 0.0
-    crop_padding: int = 4
-    eval_batch_size: int = 500
 
 
 def load_teacher(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VGG:
@@ -106,9 +94,11 @@ def train_teacher(
     ``resume=True`` continues from it.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = TeacherConfig(arch, dataset if isinstance(dataset, str) else "custom", epochs, batch_size,
-                        lr, momentum, weight_decay, width, "crop_flip" if augment else "none",
-                        limit_train, limit_test, seed)
+    cfg = TeacherConfig(dataset=dataset if isinstance(dataset, str) else "custom", arch=arch,
+                        epochs=epochs, batch_size=batch_size, lr=(float(lr),), momentum=momentum,
+                        weight_decay=weight_decay, lr_min=0.0, width=width,
+                        data_augmentation="crop_flip" if augment else "none",
+                        train_size=limit_train, test_size=limit_test, seed=seed)
     data = (load_dataset(dataset, data_root, device=device, limit_train=limit_train,
                          limit_test=limit_test) if isinstance(dataset, str) else
             limit_data(dataset, cfg, device))
