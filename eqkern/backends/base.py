@@ -28,16 +28,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from eqkern.backends.shared_terms import aten_connection_gradients
+from eqkern.backends.shared_terms import ParamGrads, aten_connection_gradients
 from eqkern.backends.update_order import SCHEDULES, schedule_groups
 from eqkern.model.crnn import CRNN
 
 __all__ = ["Backend", "Phase", "PhaseInputs", "ParamGrads", "accumulate_grads", "nudged",
            "SCHEDULES", "schedule_groups"]
 
-# A gradient per parameter, keyed by the parameter object itself (not by position in
-# model.parameters(), whose order would otherwise be part of every backend's contract).
-ParamGrads = dict[nn.Parameter, torch.Tensor]
 
 
 @dataclass(frozen=True)

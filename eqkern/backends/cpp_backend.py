@@ -86,9 +86,7 @@ class CppBackend(Backend):
     def hebbian_gradients(self, model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
         from eqkern.kernels import ops
 
-        params = list(model.connections.parameters())  # weight, bias of every connection
-        if model.out is not None:
-            params += list(model.out.parameters())
+        params = [p for m in model.weight_layers() for p in (m.weight, m.bias)]  # the op's order
         # The op adds into the buffers it is given: fresh zeros, never a parameter's .grad.
         buffers = [torch.zeros_like(p) for p in params]
         net = ops.network_args(model)

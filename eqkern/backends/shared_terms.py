@@ -23,7 +23,9 @@ from eqkern.model.specs import Conv
 if TYPE_CHECKING:
     from eqkern.backends.base import Phase
 
-Grads = dict[nn.Parameter, torch.Tensor]
+# A gradient per parameter, keyed by the parameter object itself (not by position in
+# model.parameters(), whose order would otherwise be part of every backend's contract).
+ParamGrads = dict[nn.Parameter, torch.Tensor]
 
 
 def aten_connection_gradients(
@@ -63,7 +65,7 @@ def hebbian_scale(x: torch.Tensor, a: Phase, b: Phase) -> float:
     return -1.0 / ((a.beta - b.beta) * x.shape[0])
 
 
-def readout_gradients(model: CRNN, y, a: Phase, b: Phase) -> Grads:
+def readout_gradients(model: CRNN, y, a: Phase, b: Phase) -> ParamGrads:
     """``(β_a ∂L/∂W_out(s_a) − β_b ∂L/∂W_out(s_b)) / ((β_a − β_b)·batch)`` for CE, and the bias;
     ``{}`` without a read-out (MSE)."""
     if model.out is None:
@@ -79,10 +81,10 @@ def readout_gradients(model: CRNN, y, a: Phase, b: Phase) -> Grads:
     return {model.out.weight: err.t() @ feat * norm, model.out.bias: err.sum(0) * norm}
 
 
-def aux_gradients(model: CRNN, y, a: Phase, b: Phase) -> Grads:
+def aux_gradients(model: CRNN, y, a: Phase, b: Phase) -> ParamGrads:
     """The LE projections / KDW maps: ``κ (β_a ∂L_aug/∂θ(s_a) − β_b ∂L_aug/∂θ(s_b)) / (β_a − β_b)``
     per batch sample (Lin eq. 20, symmetric average for ±β). Frozen maps are left out."""
-    grads: Grads = {}
+    grads: ParamGrads = {}
     for j, i in enumerate(model.augment.layers if len(model.aux) else ()):
         mod = model.aux_module(j)
         if not mod.weight.requires_grad:
@@ -97,9 +99,9 @@ def aux_gradients(model: CRNN, y, a: Phase, b: Phase) -> Grads:
     return grads
 
 
-def skip_gradients(model: CRNN, a: Phase, b: Phase, scale: float) -> Grads:
+def skip_gradients(model: CRNN, a: Phase, b: Phase, scale: float) -> ParamGrads:
     """The skip links' maps ``R_ij``: ``scale · (a_j a_iᵀ − b_j b_iᵀ)`` summed over the batch."""
-    grads: Grads = {}
+    grads: ParamGrads = {}
     for (i, j), link in zip(model.skips, model.skip_links):
         # a_j a_iᵀ − b_j b_iᵀ = [(a_j − b_j)(a_i + b_i)ᵀ + (a_j + b_j)(a_i − b_i)ᵀ] / 2: the two
         # phases' differences are taken before the products, so fp32 does not cancel two large,
@@ -110,7 +112,7 @@ def skip_gradients(model: CRNN, a: Phase, b: Phase, scale: float) -> Grads:
     return grads
 
 
-def small_terms(model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> Grads:
+def small_terms(model: CRNN, x: torch.Tensor, y, a: Phase, b: Phase) -> ParamGrads:
     """Everything but the connections: read-out, LE/KDW maps and skip links, in one dict."""
     return {**readout_gradients(model, y, a, b), **aux_gradients(model, y, a, b),
             **skip_gradients(model, a, b, hebbian_scale(x, a, b))}

@@ -138,7 +138,7 @@ class CRNN(nn.Module):
 
     def reset_parameters(self) -> None:
         """PyTorch's default Kaiming-uniform init (Laborieux's), every tensor times ``init_scale``."""
-        modules = list(self.connections) + ([self.out] if self.out is not None else [])
+        modules = self.weight_layers()
         with torch.no_grad():
             for m in modules:
                 m.reset_parameters()
@@ -155,6 +155,11 @@ class CRNN(nn.Module):
                 for b in self.feedback_weights.values():
                     nn.init.kaiming_uniform_(b, a=math.sqrt(5))
                     b.mul_(self.init_scale)
+
+    def weight_layers(self) -> list[nn.Module]:
+        """The connections, then the CE read-out if there is one: one module per weight layer
+        (what layer-wise learning rates and per-layer statistics count)."""
+        return list(self.connections) + ([self.out] if self.out is not None else [])
 
     # -- feedback weights ----------------------------------------------------------------------
 

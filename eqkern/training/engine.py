@@ -76,7 +76,6 @@ def fit(
     log: Callable[[str], None] = print,
     on_batch: Callable[[int, int], None] | None = None,
     targets_of: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
-    evaluate_fn: Callable | None = None,
     label: str = "",
     extra: dict | None = None,
 ) -> list[dict]:
@@ -88,8 +87,8 @@ def fit(
     ``optimizer``: an optimizer, or what :func:`~eqkern.training.optim.make_optimizer` takes.
     ``kappa``: a κ schedule, set as ``model.kappa`` each epoch. ``on_batch(epoch, batch)``: after
     every batch (0-based). ``targets_of(x, y)``: the targets of a batch (KD: teacher features).
-    ``evaluate_fn(model, x, y) -> (acc, loss)``: default the step's. ``extra``: saved in every
-    checkpoint as is (plain values).
+    ``extra``: saved in every checkpoint as is (plain values). Each epoch ends with the step's
+    own ``evaluate`` on the test split.
     """
     torch.manual_seed(cfg.seed)
     step = step if step is not None else make_step(cfg)
@@ -98,7 +97,7 @@ def fit(
     run = _Run(model, data, cfg, step, optimizer, make_scheduler(optimizer, cfg), kappa,
                out_dir if isinstance(out_dir, Outputs) or out_dir is None else Outputs.folder(out_dir),
                log, label, extra or {})
-    return run.fit(resume, progress, on_batch, targets_of, evaluate_fn or step.evaluate)
+    return run.fit(resume, progress, on_batch, targets_of)
 
 
 class _Run:
@@ -116,7 +115,7 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def fit(self, resume, progress, on_batch, targets_of, evaluate_fn) -> list[dict]:
+    def fit(self, resume, progress, on_batch, targets_of) -> list[dict]:
         cfg, model, data = self.cfg, self.model, self.data
         start, position = 0, None
         if self.out is not None:
@@ -140,7 +139,8 @@ class _Run:
                 if self.sched is not None:
                     self.sched.step()
                 t0 = time.perf_counter()
-                record["test_acc"], record["test_loss"] = evaluate_fn(model, data.x_test, data.y_test)
+                record["test_acc"], record["test_loss"] = self.step.evaluate(model, data.x_test,
+                                                                             data.y_test)
                 record["eval_seconds"] = time.perf_counter() - t0
                 record["seconds"] = record["train_seconds"] + record["eval_seconds"]
                 check_finite(model, f"epoch {epoch + 1}")
@@ -216,8 +216,7 @@ class _Run:
     def _weights(self) -> list[torch.Tensor]:
         if not self.crnn:
             return []
-        m = self.model
-        return [c.weight for c in list(m.connections) + ([m.out] if m.out is not None else [])]
+        return [m.weight for m in self.model.weight_layers()]
 
     def _record(self, epoch, acc, state_sum, update_sum, elapsed) -> dict:
         seen, nb, model = acc["seen"], acc["batches"], self.model

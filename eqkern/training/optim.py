@@ -25,7 +25,7 @@ def param_groups(model: CRNN, lr: float | Sequence[float]) -> list[dict]:
     """One optimizer group per connection (and the read-out), for layer-wise learning rates.
     A separate feedback weight B_l shares W_l's rate (and so momentum and weight decay), as in
     Laborieux App. E.1: Kolen-Pollack alignment needs the same update law on both."""
-    modules = list(model.connections) + ([model.out] if model.out is not None else [])
+    modules = model.weight_layers()
     rates = [lr] * len(modules) if isinstance(lr, (int, float)) else list(lr)
     if len(rates) != len(modules):
         raise ValueError(f"lr has {len(rates)} rates, the model has {len(modules)} weight layers")
@@ -40,7 +40,7 @@ def layer_rates(model: CRNN, cfg: Any) -> list[float]:
     ``learning_rates()`` when its architecture is the model's)."""
     from eqkern.training.presets import expand_lr
 
-    n = len(model.connections) + (1 if model.out is not None else 0)
+    n = len(model.weight_layers())
     rates = None
     if len(cfg.arch) == model.num_layers:  # train() may pass a preset of another network
         rates = cfg.learning_rates()
