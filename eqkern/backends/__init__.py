@@ -33,6 +33,7 @@ __all__ = ["BACKENDS", "Backend", "available_backends", "get_backend", "resolve_
 
 logger = logging.getLogger("eqkern")
 
+# The default and the fallback, fastest first (never the triton interpreter on cpu).
 _FALLBACK_ORDER = ("cpp", "torch", "reference")
 
 BACKENDS: dict[str, Backend] = {
@@ -62,7 +63,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 @functools.cache
 def _default_backend(device_type: str) -> str:
-    choice = "cpp" if unavailable_reason("cpp", torch.device(device_type)) is None else "torch"
+    choice = next(n for n in _FALLBACK_ORDER if unavailable_reason(n, device_type) is None)
     logger.info("eqkern: using backend %r on %s (set EQKERN_BACKEND or backend= to change)",
                 choice, device_type)
     return choice
