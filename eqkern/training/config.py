@@ -19,6 +19,7 @@ checks a Python value; both raise a ``ValueError`` naming the field, the value a
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -201,6 +202,7 @@ SECTIONS = (LabelSection, DataSection, ModelSection, PhaseSection, OptimSection,
 
 # --- field types -----------------------------------------------------------------------------
 
+@functools.cache  # read on every validate: resolve each class's annotations once
 def field_types(cls) -> dict[str, tuple[Any, tuple | None]]:
     """``{field: (type, choices or None)}`` of a section (or of Preset)."""
     hints = typing.get_type_hints(cls)
@@ -335,14 +337,10 @@ def check_field(name: str, value: Any, types_: dict) -> Any:
 
 def check_fields(obj, section) -> None:
     """The type and choice of every field of ``section`` on ``obj`` (a section or a Preset)."""
-    if section not in _TYPES:
-        _TYPES[section] = field_types(section)
-    types_ = _TYPES[section]
+    types_ = field_types(section)
     for name in types_:
         check_field(name, getattr(obj, name), types_)
 
-
-_TYPES: dict[type, dict] = {}
 
 
 def _at_least(obj, low, *names: str) -> None:
