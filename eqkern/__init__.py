@@ -12,23 +12,34 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from eqkern.learning.separate_feedback import weight_angles
-from eqkern.backends import available_backends, resolve_backend
-from eqkern.learning.bptt import BPTTResult, bptt_gradients
-from eqkern.learning.gdu import check_gdu, format_gdu
-from eqkern.learning.ep import EPResult, ep_gradients
-from eqkern.dynamics.settle import free_phase
-from eqkern.model import CRNN, Conv, Linear
-from eqkern.dynamics.settle import settle
-from eqkern.model.skips import random_skips, residual_skips
-from eqkern.training.evaluation import evaluate
-from eqkern.training.train_crnn import train
-from eqkern.data.crop_flip import crop_flip
-from eqkern.training.presets import Preset, TrainConfig, get_preset, list_presets
-from eqkern.training.kappa import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
-                        make_schedule)
-from eqkern.training.teacher import load_teacher, teacher_features, train_teacher
-from eqkern.training.train_preset import TrainResult, train_vgg
+import os as _os
+import sys as _sys
+
+try:
+    from eqkern.learning.separate_feedback import weight_angles
+    from eqkern.backends import available_backends, resolve_backend
+    from eqkern.learning.bptt import BPTTResult, bptt_gradients
+    from eqkern.learning.gdu import check_gdu, format_gdu
+    from eqkern.learning.ep import EPResult, ep_gradients
+    from eqkern.dynamics.settle import free_phase
+    from eqkern.model import CRNN, Conv, Linear
+    from eqkern.dynamics.settle import settle
+    from eqkern.model.skips import random_skips, residual_skips
+    from eqkern.training.evaluation import evaluate
+    from eqkern.training.train_crnn import train
+    from eqkern.data.crop_flip import crop_flip
+    from eqkern.training.presets import Preset, TrainConfig, get_preset, list_presets
+    from eqkern.training.kappa import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
+                            make_schedule)
+    from eqkern.training.teacher import load_teacher, teacher_features, train_teacher
+    from eqkern.training.train_preset import TrainResult, train_vgg
+except KeyboardInterrupt:
+    # Ctrl-C while the command line is still importing torch: a one-line exit, not a traceback
+    # through the import machinery (a library import elsewhere keeps Python's usual behaviour).
+    if _os.path.basename(_sys.argv[0]) in ("eqkern", "-m"):
+        print("eqkern: interrupted while starting; nothing was run", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 
 def info() -> dict:

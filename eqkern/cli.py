@@ -4,12 +4,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import traceback
 
 import torch
 
+from eqkern.errors import ArgumentError, EqkernError
+from eqkern.validate import as_device
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Commands that train: an interruption there leaves the last checkpoint to resume from.
+TRAINING_COMMANDS = ("demo", "train", "teacher")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``eqkern train: error: argument --epochs: ...``), like
+    every other error of the command line, and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(minimum: int):
+    """An argparse type: an int >= ``minimum``, refused with a message saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _number(*, positive: bool = False, nonzero: bool = False):
+    """An argparse type: a finite float (> 0 with ``positive``, != 0 with ``nonzero``)."""
+    want = "a finite number" + (" > 0" if positive else " other than 0" if nonzero else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if not math.isfinite(value) or (positive and value <= 0) or (nonzero and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return value
+    return parse
+
+
+AT_LEAST_1, AT_LEAST_0 = _integer(1), _integer(0)
+POSITIVE, NONZERO = _number(positive=True), _number(nonzero=True)
 
 
 def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
@@ -31,8 +78,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from eqkern.data.datasets import load_dataset
     from eqkern.training.train_preset import train_vgg
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset, args.data_root, limit_train=args.train_size,
                         limit_test=args.test_size)
     from eqkern.backends import resolve_backend
@@ -44,6 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # the demo-mnist preset (demo_model's network) with the command line's settings
     res = train_vgg("demo-mnist", data=data, out_dir=args.out, resume=args.resume,
+                    overwrite=args.overwrite, allow_changes=args.allow_change,
                     dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
                     epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
                     t_nudge=args.t_nudge, beta=args.beta, lr=tuple(args.lr),
@@ -98,8 +144,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from eqkern.training.presets import get_preset, parse_overrides
     from eqkern.training.train_preset import train_vgg
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     base = get_preset(args.preset)
     overrides = parse_overrides(args.set or [], base)
     if args.epochs is not None:
@@ -111,7 +155,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"eqkern train: {cfg.name} on {cfg.dataset}, {cfg.epochs} epochs, width {cfg.width:g}, "
           f"T_free={cfg.t_free}, T_nudge={cfg.t_nudge}, beta={cfg.beta}, out {out}")
     res = train_vgg(cfg, data_root=args.data_root, teacher=args.teacher, out_dir=out,
-                    resume=args.resume, device=args.device, progress=not args.no_progress)
+                    resume=args.resume, overwrite=args.overwrite,
+                    allow_changes=args.allow_change, device=args.device,
+                    progress=not args.no_progress)
     if res.history:
         best = max(res.test_acc)
         minutes = sum(res.seconds) / 60  # training + evaluation of every epoch, resumed ones too
@@ -124,12 +170,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_teacher(args: argparse.Namespace) -> int:
     from eqkern.training.teacher import train_teacher
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     res = train_teacher(args.arch, args.dataset, args.epochs, args.out, data_root=args.data_root,
                         batch_size=args.batch_size, lr=args.lr, width=args.width,
                         limit_train=args.train_size, limit_test=args.test_size, device=args.device,
-                        seed=args.seed, progress=not args.no_progress)
+                        seed=args.seed, progress=not args.no_progress, resume=args.resume,
+                        overwrite=args.overwrite, allow_changes=args.allow_change)
     print(f"teacher {args.arch}: test accuracy {res.history[-1]['test_acc']:.2f} %, saved to {args.out}")
     return 0
 
@@ -149,7 +194,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
             print(f"wrote {plot_memory(rows, args.png)}")
         return 0
     if not args.preset:
-        raise ValueError("give --preset NAME or --table")
+        raise ArgumentError("give --preset NAME or --table")
     for method in ("ep", "bptt"):
         model, p = preset_model(args.preset, "none" if method == "bptt" else None)
         t_free = p.t_free if method == "ep" else args.bptt_steps
@@ -162,8 +207,10 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eqkern", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="eqkern", description=__doc__)
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error, not just its one-line message")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = sub.add_parser("info", help="versions, build, available backends")
     info.add_argument("--json", action="store_true")
@@ -174,32 +221,41 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mnist_subset (embedded), mnist, fashion_mnist, cifar10, ...")
         q.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
         q.add_argument("--backend", default=None, help="reference | torch | cpp")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=AT_LEAST_0, default=0)
+
+    def run_folder_args(q):
+        q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+        q.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an OUT that holds another run (its files are removed)")
+        q.add_argument("--allow-change", action="append", metavar="FIELD", default=[],
+                       help="with --resume: accept this config field differing from the "
+                            "checkpoint's (repeatable); learning-rate fields and epochs may "
+                            "always change")
 
     demo = sub.add_parser("demo", help="a short real EP training run on the embedded MNIST subset")
     data_args(demo)
     demo.add_argument("--method", choices=["ep", "bptt"], default="ep")
-    demo.add_argument("--epochs", type=int, default=3)
-    demo.add_argument("--train-size", type=int, default=None)
-    demo.add_argument("--test-size", type=int, default=None)
-    demo.add_argument("--batch-size", type=int, default=64)
-    demo.add_argument("--t-free", type=int, default=15)
-    demo.add_argument("--t-nudge", type=int, default=5)
-    demo.add_argument("--beta", type=float, default=0.5)
-    demo.add_argument("--lr", type=float, nargs="+", default=[0.2, 0.1, 0.05])
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--epochs", type=AT_LEAST_1, default=3)
+    demo.add_argument("--train-size", type=AT_LEAST_1, default=None)
+    demo.add_argument("--test-size", type=AT_LEAST_1, default=None)
+    demo.add_argument("--batch-size", type=AT_LEAST_1, default=64)
+    demo.add_argument("--t-free", type=AT_LEAST_1, default=15)
+    demo.add_argument("--t-nudge", type=AT_LEAST_1, default=5)
+    demo.add_argument("--beta", type=NONZERO, default=0.5)
+    demo.add_argument("--lr", type=POSITIVE, nargs="+", default=[0.2, 0.1, 0.05])
+    demo.add_argument("--threads", type=AT_LEAST_1, default=None)
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run_folder_args(demo)
     demo.set_defaults(func=cmd_demo)
 
     gdu = sub.add_parser("gdu", help="EP's update vs BPTT's gradient, per parameter")
     data_args(gdu)
     gdu.add_argument("--estimator", choices=["symmetric", "one_sided", "random_sign"],
                      default="symmetric")
-    gdu.add_argument("--batch", type=int, default=16)
-    gdu.add_argument("--beta", type=float, default=1e-3)
-    gdu.add_argument("--t-free", type=int, default=100)
-    gdu.add_argument("--t-nudge", type=int, default=30)
+    gdu.add_argument("--batch", type=AT_LEAST_1, default=16)
+    gdu.add_argument("--beta", type=NONZERO, default=1e-3)
+    gdu.add_argument("--t-free", type=AT_LEAST_1, default=100)
+    gdu.add_argument("--t-nudge", type=AT_LEAST_1, default=30)
     gdu.add_argument("--dtype", choices=list(DTYPES), default="float64")
     gdu.add_argument("--png", default=None, help="also write a bar chart here")
     gdu.set_defaults(func=cmd_gdu)
@@ -210,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a paper preset (augmented EP) with checkpoints")
     tr.add_argument("--preset", required=True, help="a name from `eqkern presets`")
-    tr.add_argument("--epochs", type=int, default=None)
+    tr.add_argument("--epochs", type=AT_LEAST_1, default=None)
     tr.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset field (repeatable), read by its declared type: bool "
@@ -220,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "t_free=50. `eqkern presets --name NAME` lists every field and its type")
     tr.add_argument("--teacher", default=None, help="KD: teacher checkpoint from `eqkern teacher`")
     tr.add_argument("--out", default=None, help="output folder (default runs/PRESET)")
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run_folder_args(tr)
     tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     tr.add_argument("--backend", default=None, help="reference | torch | cpp | triton")
-    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--threads", type=AT_LEAST_1, default=None)
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 
@@ -231,23 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--arch", default="vgg19", help="vgg7 vgg10 vgg11 vgg12 vgg13 vgg15 vgg16 vgg19")
     te.add_argument("--dataset", default="cifar10")
     te.add_argument("--data-root", default=None)
-    te.add_argument("--epochs", type=int, default=200)
-    te.add_argument("--batch-size", type=int, default=128)
-    te.add_argument("--lr", type=float, default=0.05)
-    te.add_argument("--width", type=float, default=1.0, help="factor on every width (match the student)")
-    te.add_argument("--train-size", type=int, default=None)
-    te.add_argument("--test-size", type=int, default=None)
+    te.add_argument("--epochs", type=AT_LEAST_1, default=200)
+    te.add_argument("--batch-size", type=AT_LEAST_1, default=128)
+    te.add_argument("--lr", type=POSITIVE, default=0.05)
+    te.add_argument("--width", type=POSITIVE, default=1.0, help="factor on every width (match the student)")
+    te.add_argument("--train-size", type=AT_LEAST_1, default=None)
+    te.add_argument("--test-size", type=AT_LEAST_1, default=None)
     te.add_argument("--device", default=None)
-    te.add_argument("--seed", type=int, default=0)
-    te.add_argument("--threads", type=int, default=None)
+    te.add_argument("--seed", type=AT_LEAST_0, default=0)
+    te.add_argument("--threads", type=AT_LEAST_1, default=None)
     te.add_argument("--no-progress", action="store_true")
     te.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    run_folder_args(te)
     te.set_defaults(func=cmd_teacher)
     mem = sub.add_parser("memory", help="peak memory of one training iteration, EP vs BPTT")
     mem.add_argument("--preset", default=None, help="EP as the preset says, BPTT of its network")
     mem.add_argument("--table", action="store_true", help="Lin Table 2: VGG-7/10/11/12/13")
-    mem.add_argument("--batch", type=int, default=128)
-    mem.add_argument("--bptt-steps", type=int, default=140)
+    mem.add_argument("--batch", type=AT_LEAST_1, default=128)
+    mem.add_argument("--bptt-steps", type=AT_LEAST_1, default=140)
     mem.add_argument("--device", default="meta",
                      help="meta (exact accounting, no arithmetic; default), cpu, or cuda")
     mem.add_argument("--json", default=None, help="with --table: write the rows here")
@@ -256,16 +313,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _apply_common(args: argparse.Namespace) -> None:
+    """Options several commands share, applied (and ``--device`` checked) before any work."""
+    if getattr(args, "threads", None) is not None:  # >= 1 by its argparse type
+        torch.set_num_threads(args.threads)
+    if getattr(args, "device", None) is not None:
+        as_device("--device", args.device, extra=("meta",) if args.command == "memory" else ())
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. An eqkern error (bad input, bad file, refused run) or an OS error (a
+    missing folder, no permission, a full disk) is one line on stderr and exit code 2, with the
+    traceback too under ``--debug``; anything else is a bug in eqkern: its traceback and exit 1."""
     args = build_parser().parse_args(argv)
     try:
+        _apply_common(args)
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
-        print(f"eqkern {args.command}: error: {exc}", file=sys.stderr)
+    except (EqkernError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"eqkern {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        note = (": the last checkpoint is kept (continue with --resume)"
+                if args.command in TRAINING_COMMANDS else "")
+        print(f"eqkern {args.command}: interrupted{note}", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"eqkern {args.command}: internal error (a bug in eqkern, not in your input: please "
+              f"report it with the traceback above)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from eqkern.errors import ArgumentError
 from eqkern.backends import cpp_backend, reference, torch_backend
 from eqkern.backends import triton_backend  # imports no triton: the kernels load on first use
 from eqkern.backends.base import Backend
@@ -76,7 +77,7 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
         return _default_backend(device.type)
     reason = unavailable_reason(name, device)
     if reason is not None:
-        raise ValueError(f"backend {name!r} cannot run on {device}: {reason}")
+        raise ArgumentError(f"backend {name!r} cannot run on {device}: {reason}")
     return name
 
 
@@ -94,14 +95,14 @@ def get_backend(
     backend that can.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
+        raise ArgumentError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
     chosen = BACKENDS[resolve_backend(name, device)]
     reason = None if model is None else chosen.unsupported_reason(model, schedule=schedule)
     if reason is None:
         return chosen
     capable = [n for n in BACKENDS if unsupported_reason(n, model, schedule=schedule) is None]
     if name or os.environ.get("EQKERN_BACKEND"):
-        raise ValueError(f"{reason}; backends that can: {capable}")
+        raise ArgumentError(f"{reason}; backends that can: {capable}")
     # The fastest capable one (the default never picks the triton interpreter on cpu).
     fallback = next(BACKENDS[n] for n in _FALLBACK_ORDER
                     if n in capable and unavailable_reason(n, device) is None)

@@ -14,6 +14,7 @@ from typing import Iterator, MutableSequence
 
 import torch
 
+from eqkern.errors import ArgumentError
 from eqkern.model import energy
 from eqkern.model.crnn import CRNN
 from eqkern.model.specs import Conv
@@ -28,7 +29,7 @@ def schedule_groups(n_layers: int, schedule: str) -> list[list[int]]:
         return [list(range(n_layers))]
     if schedule == "alternating":
         return [g for g in (list(range(0, n_layers, 2)), list(range(1, n_layers, 2))) if g]
-    raise ValueError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
+    raise ArgumentError(f"unknown schedule {schedule!r}; known: {SCHEDULES}")
 
 
 def pooled(model: CRNN, i: int) -> bool:

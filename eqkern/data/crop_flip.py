@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from eqkern.errors import ArgumentError
+from eqkern.validate import as_bool, as_int
+
 __all__ = ["crop_flip", "crop_flip_with", "random_crop", "random_flip"]
 
 
@@ -24,14 +27,17 @@ def crop_flip_with(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: to
     left-right after cropping. Returns a new ``(B, C, H, W)`` tensor.
     """
     if x.dim() != 4:
-        raise ValueError(f"x must be a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+        raise ArgumentError(f"x must be a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    padding = as_int("padding", padding, minimum=0)
     b, _, h, w = x.shape
     dy, dx, flip = dy.to(x.device).long(), dx.to(x.device).long(), flip.to(x.device).bool()
     if dy.shape != (b,) or dx.shape != (b,) or flip.shape != (b,):
-        raise ValueError(f"dy, dx and flip must have shape ({b},)")
-    if padding < 0 or (len(dy) and (int(dy.min()) < 0 or int(dy.max()) > 2 * padding
-                                    or int(dx.min()) < 0 or int(dx.max()) > 2 * padding)):
-        raise ValueError(f"offsets must lie in [0, {2 * padding}]")
+        raise ArgumentError(f"dy, dx and flip must have shape ({b},)")
+    if len(dy) and (int(dy.min()) < 0 or int(dy.max()) > 2 * padding
+                    or int(dx.min()) < 0 or int(dx.max()) > 2 * padding):
+        raise ArgumentError(f"offsets dy, dx must lie in [0, {2 * padding}] (2 * padding), got "
+                            f"dy in [{int(dy.min())}, {int(dy.max())}], dx in "
+                            f"[{int(dx.min())}, {int(dx.max())}]")
     xp = F.pad(x, (padding, padding, padding, padding)) if padding else x
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
@@ -60,6 +66,9 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator | None = None, *, padd
               flip: bool = True, crop: bool = True) -> torch.Tensor:
     """Random crop of size ``(H, W)`` from the image zero-padded by ``padding`` on every side,
     then a horizontal flip with probability ½, independently per sample. ``x: (B, C, H, W)``."""
+    # Checked here, before drawing: randint with a bad bound fails with torch's own text.
+    padding = as_int("padding", padding, minimum=0)
+    flip, crop = as_bool("flip", flip), as_bool("crop", crop)
     dy, dx, mirror = _draw(x.shape[0], generator, padding, flip, crop)
     return crop_flip_with(x, dy, dx, mirror, padding if crop else 0) if (crop or flip) else x.clone()
 

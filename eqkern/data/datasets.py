@@ -14,13 +14,17 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
 
+from eqkern.errors import (ArgumentError, ArgumentTypeError, DataFileError, EqkernError,
+                           MissingFileError, first_line)
+from eqkern.validate import as_int, check_tensor_finite, describe
+
 __all__ = ["DATASETS", "DatasetInfo", "DataSplit", "default_data_dir", "load_dataset",
-           "iterate_batches"]
+           "check_split", "iterate_batches"]
 
 
 @dataclass(frozen=True)
@@ -86,26 +90,34 @@ def load_dataset(
     """Load ``name`` as normalised ``(N, C, H, W)`` tensors on ``device``.
 
     ``limit_train`` / ``limit_test`` keep at most the first n examples (for the round-robin
-    files, mnist_subset and the CIFAR-10 npz files, a prefix of 10*k stays class-balanced).
-    Raises ``ValueError`` for an unknown name and ``FileNotFoundError`` (naming the files and
-    folders looked for) when the data is not there. Never downloads.
+    files, mnist_subset and the CIFAR-10 npz files, a prefix of 10*k stays class-balanced;
+    each must be >= 1 or None). Raises :class:`ArgumentError` for an unknown name,
+    :class:`MissingFileError` (naming the files and folders looked for) when the data is not
+    there and :class:`DataFileError` (naming the file and the array) when a file is damaged or
+    holds the wrong arrays. Never downloads.
     """
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"name must be a dataset name (a string), got {describe(name)}")
     key = name.lower()
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating type, got {dtype}")
+        raise ArgumentError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ArgumentTypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got "
+                                f"{describe(dtype)}")
+    # Checked before any file is read: a bad limit should not cost a load.
+    limit_train = as_int("limit_train", limit_train, minimum=1, allow_none=True)
+    limit_test = as_int("limit_test", limit_test, minimum=1, allow_none=True)
     info = DATASETS[key]
     if key == _EMBEDDED:
-        arrays = _load_embedded(info.file)
+        arrays = _load_embedded(info)
     else:
         arrays = _load_from_root(key, info, root)
     x_tr, y_tr, x_te, y_te, names = arrays
-    x_tr, y_tr = _limit(x_tr, y_tr, limit_train, "limit_train")
-    x_te, y_te = _limit(x_te, y_te, limit_test, "limit_test")
+    x_tr, y_tr = x_tr[:limit_train], y_tr[:limit_train]
+    x_te, y_te = x_te[:limit_test], y_te[:limit_test]
     return DataSplit(
-        _to_tensor(x_tr, info, dtype, device, name), _labels(y_tr, device),
-        _to_tensor(x_te, info, dtype, device, name), _labels(y_te, device),
+        _to_tensor(x_tr, info, dtype, device), _labels(y_tr, device),
+        _to_tensor(x_te, info, dtype, device), _labels(y_te, device),
         tuple(str(c) for c in names), info.input_shape, info.num_classes,
     )
 
@@ -113,21 +125,50 @@ def load_dataset(
 # --- loading ---------------------------------------------------------------------------------
 
 _Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
 
 
-def _read_npz(f) -> _Arrays:
-    # allow_pickle=False: the files hold only plain arrays, and a pickle could run code.
-    with np.load(f, allow_pickle=False) as d:
-        return tuple(d[k] for k in ("x_train", "y_train", "x_test", "y_test", "class_names"))
+def _read_npz(path: Path, info: DatasetInfo) -> _Arrays:
+    """The five arrays of the npz file ``path``, checked (:func:`_check_arrays`)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise DataFileError(f"data file {path} is empty (0 bytes); replace it with a complete copy")
+    if head not in _ZIP_MAGIC:
+        # np.load would try it as a pickle and blame 'pickled data': say what it is not.
+        raise DataFileError(f"data file {path} is not an .npz file (it does not start with a zip "
+                            f"header; its first bytes are {head!r}); replace it with a complete "
+                            f"copy")
+    try:
+        # allow_pickle=False: the files hold only plain arrays, and a pickle could run code.
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise many types for one cause
+        raise DataFileError(f"data file {path} is truncated or corrupt (not a readable zip: "
+                            f"{first_line(exc)}); replace it with a complete copy") from exc
+    with npz:
+        missing = [k for k in _KEYS if k not in npz.files]
+        if missing:
+            raise DataFileError(f"data file {path} has no array {', '.join(missing)}; a dataset "
+                                f"npz holds {', '.join(_KEYS)} (it has {', '.join(npz.files)})")
+        arrays = {}
+        for k in _KEYS:
+            try:  # each member is read (and its CRC checked) only here
+                arrays[k] = npz[k]
+            except Exception as exc:  # noqa: BLE001 - bad CRC, truncated member, object array
+                raise DataFileError(f"data file {path}: array {k!r} cannot be read "
+                                    f"({first_line(exc)}); the file is corrupt or not a plain "
+                                    f"array file, replace it") from exc
+    return _check_arrays(arrays, info, f"data file {path}")
 
 
-def _load_embedded(file: str) -> _Arrays:
+def _load_embedded(info: DatasetInfo) -> _Arrays:
     # as_file: works even when the package is imported from a zip.
-    with resources.as_file(resources.files("eqkern") / "_data" / file) as path:
+    with resources.as_file(resources.files("eqkern") / "_data" / info.file) as path:
         if not path.is_file():
-            raise FileNotFoundError(f"the embedded {file} is missing from the eqkern package "
+            raise MissingFileError(f"the embedded {info.file} is missing from the eqkern package "
                                     f"({path}); rebuild it with scripts/make_embedded_mnist.py")
-        return _read_npz(path)
+        return _read_npz(path, info)
 
 
 def _load_from_root(key: str, info: DatasetInfo, root: str | os.PathLike | None) -> _Arrays:
@@ -138,16 +179,16 @@ def _load_from_root(key: str, info: DatasetInfo, root: str | os.PathLike | None)
             f"EQKERN_DATA=/path/to/folder. eqkern never downloads data; "
             f"'mnist_subset' is embedded and needs no folder.")
     if folder is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"dataset {key!r}: expected {expected}, but no data folder was found "
             f"(no root=, EQKERN_DATA unset, and no ../shared/data next to the checkout "
             f"{Path(__file__).resolve().parents[2]}). {hint}")
     npz = folder / info.file
     if npz.is_file():
-        return _read_npz(npz)
+        return _read_npz(npz, info)
     if info.torchvision_dir and (folder / info.torchvision_dir).is_dir():
         return _load_torchvision(key, folder)
-    raise FileNotFoundError(f"dataset {key!r}: {expected} not found in {folder}. {hint}")
+    raise MissingFileError(f"dataset {key!r}: {expected} not found in {folder}. {hint}")
 
 
 def _load_torchvision(key: str, folder: Path) -> _Arrays:
@@ -155,7 +196,7 @@ def _load_torchvision(key: str, folder: Path) -> _Arrays:
     try:
         from torchvision import datasets as tvd  # optional dependency, only needed here
     except ImportError as exc:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"dataset {key!r}: found {folder / DATASETS[key].torchvision_dir} but reading it needs "
             f"torchvision, which is not installed; or provide {DATASETS[key].file} instead") from exc
     cls = tvd.CIFAR10 if key == "cifar10" else tvd.CIFAR100
@@ -163,35 +204,109 @@ def _load_torchvision(key: str, folder: Path) -> _Arrays:
         train = cls(str(folder), train=True, download=False)
         test = cls(str(folder), train=False, download=False)
     except RuntimeError as exc:  # torchvision's own text suggests download=True; we never do
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"dataset {key!r}: {folder / DATASETS[key].torchvision_dir} exists but torchvision "
             f"rejected it ({exc}); it must hold the complete, unmodified extracted archive") from exc
-    return (train.data, np.asarray(train.targets), test.data, np.asarray(test.targets),
-            np.asarray(train.classes))
+    arrays = {"x_train": train.data, "y_train": np.asarray(train.targets), "x_test": test.data,
+              "y_test": np.asarray(test.targets), "class_names": np.asarray(train.classes)}
+    where = f"torchvision folder {folder / DATASETS[key].torchvision_dir}"
+    return _check_arrays(arrays, DATASETS[key], where)
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+def _check_arrays(arrays: dict[str, np.ndarray], info: DatasetInfo, where: str) -> _Arrays:
+    """The arrays of a data file in :data:`_KEYS` order, each checked: uint8 images of the
+    dataset's shape (``(N, H, W)`` or ``(N, H, W, C)``), integer labels in range, as many labels
+    as images, at least one example, one class name per class. ``where`` names the file."""
+    c, h, w = info.input_shape
+    shapes = [f"(N, {h}, {w}, {c})"] + ([f"(N, {h}, {w})"] if c == 1 else [])
+    for split in ("train", "test"):
+        kx, ky = f"x_{split}", f"y_{split}"
+        x = arrays[kx]
+        if x.dtype != np.uint8 or not _image_shape_ok(x.shape, info.input_shape):
+            raise DataFileError(f"{where}: {kx} must hold uint8 images of shape "
+                                f"{' or '.join(shapes)}, got {x.dtype} {tuple(x.shape)}")
+        _check_labels(arrays[ky], len(x), info.num_classes, f"{where}: ", kx, ky, DataFileError,
+                      DataFileError)
+    names = arrays["class_names"]
+    if names.ndim != 1 or len(names) != info.num_classes:
+        raise DataFileError(f"{where}: class_names must list the {info.num_classes} class names, "
+                            f"got shape {tuple(names.shape)}")
+    return tuple(arrays[k] for k in _KEYS)
+
+
+def _image_shape_ok(shape: tuple[int, ...], input_shape: tuple[int, int, int]) -> bool:
+    c, h, w = input_shape
+    return tuple(shape[1:]) == (h, w, c) or (c == 1 and tuple(shape[1:]) == (h, w))
+
+
+def _check_labels(y: Any, n: int, num_classes: int, where: str, kx: str, ky: str,
+                  value_error: type[EqkernError], type_error: type[EqkernError]) -> None:
+    """``y`` (a numpy array or a tensor) as the labels of the ``n`` examples of ``kx``: 1-D, an
+    integer dtype (float labels are refused, not truncated; bool too), ``n`` of them, at least
+    one, each in ``[0, num_classes)``. ``where`` starts each message (the file, or ``data.``)."""
+    if n == 0:
+        raise value_error(f"{where}{kx} has no examples; at least one is needed")
+    if y.ndim != 1:
+        raise value_error(f"{where}{ky} must be 1-D (one class id per example), got shape "
+                          f"{tuple(y.shape)}")
+    if not _is_integer_dtype(y.dtype):
+        raise type_error(f"{where}{ky} must hold integer class ids, got dtype {y.dtype} (float "
+                         f"or bool labels are refused, not rounded)")
+    if len(y) != n:
+        raise value_error(f"{where}{ky} has {len(y)} labels but {kx} has {n} examples; they "
+                          f"must be as many")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        i = int(bad.nonzero()[0][0])
+        raise value_error(f"{where}{ky} must hold class ids in [0, {num_classes}), got "
+                          f"{int(y[i])} at index {i} ({int(bad.sum())} labels out of range)")
+
+
+def _is_integer_dtype(dtype) -> bool:
+    if isinstance(dtype, torch.dtype):
+        return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    return bool(np.issubdtype(dtype, np.integer))
+
+
+def check_split(data: Any, what: str = "data") -> None:
+    """A user-given :class:`DataSplit` checked as the data files are: ``x_*`` floating
+    ``(N, *input_shape)`` tensors without NaN/inf, integer ``y_*`` in ``[0, num_classes)``, as
+    many labels as images, at least one example each. Errors name ``what.<field>``."""
+    if not isinstance(data, DataSplit):
+        raise ArgumentTypeError(f"{what} must be an eqkern.data.datasets.DataSplit (e.g. from "
+                                f"load_dataset), got {describe(data)}")
+    num_classes = as_int(f"{what}.num_classes", data.num_classes, minimum=1)
+    shape = tuple(data.input_shape) if isinstance(data.input_shape, (tuple, list)) else ()
+    if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise ArgumentError(f"{what}.input_shape must be (C, H, W), three ints >= 1, got "
+                            f"{describe(data.input_shape)}")
+    for split in ("train", "test"):
+        kx, ky = f"x_{split}", f"y_{split}"
+        x, y = getattr(data, kx), getattr(data, ky)
+        for k, t in ((kx, x), (ky, y)):
+            if not isinstance(t, torch.Tensor):
+                raise ArgumentTypeError(f"{what}.{k} must be a tensor, got {describe(t)}")
+        if not x.is_floating_point():
+            raise ArgumentTypeError(f"{what}.{kx} must be a floating tensor (normalised images), "
+                                    f"got dtype {x.dtype}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ArgumentError(f"{what}.{kx} must have shape (N, {', '.join(map(str, shape))}) "
+                                f"(its input_shape {shape}), got {tuple(x.shape)}")
+        _check_labels(y, len(x), num_classes, f"{what}.", kx, ky, ArgumentError,
+                      ArgumentTypeError)
+        check_tensor_finite(f"{what}.{kx}", x)
 
 
 # --- conversion ------------------------------------------------------------------------------
 
-def _limit(x: np.ndarray, y: np.ndarray, n: int | None, what: str) -> tuple[np.ndarray, np.ndarray]:
-    if n is None:
-        return x, y
-    if n < 0:
-        raise ValueError(f"{what} must be >= 0, got {n}")
-    return x[:n], y[:n]
-
-
 def _to_tensor(x: np.ndarray, info: DatasetInfo, dtype: torch.dtype,
-               device: str | torch.device, name: str) -> torch.Tensor:
-    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> normalised ``(N, C, H, W)`` float."""
+               device: str | torch.device) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` (checked by :func:`_check_arrays`) ->
+    normalised ``(N, C, H, W)`` float."""
     t = torch.from_numpy(np.ascontiguousarray(x))
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4:
-        t = t.permute(0, 3, 1, 2)
-    if tuple(t.shape[1:]) != info.input_shape or t.dtype != torch.uint8:
-        raise ValueError(f"dataset {name!r}: expected uint8 images of shape (N, "
-                         f"{', '.join(map(str, info.input_shape))}) after layout conversion, "
-                         f"got {t.dtype} {tuple(t.shape)}")
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
     # Move the uint8 data first (4x fewer bytes to copy), then convert on the device.
     t = t.to(device).to(dtype).contiguous()
     mean = torch.tensor(info.mean, dtype=dtype, device=t.device).view(1, -1, 1, 1)
@@ -222,9 +337,8 @@ def iterate_batches(
     """
     n = len(x)
     if len(y) != n:
-        raise ValueError(f"x has {n} examples but y has {len(y)}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ArgumentError(f"x has {n} examples but y has {len(y)}")
+    batch_size = as_int("batch_size", batch_size, minimum=1)
     stop = n - n % batch_size if drop_last else n
     if not shuffle:
         for i in range(0, stop, batch_size):

@@ -11,26 +11,33 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import replace
 
 import torch
 
+from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.backends.base import Backend, PhaseInputs
+from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
+from eqkern.validate import describe
 
 logger = logging.getLogger("eqkern")
 
 DEFAULT_CHECK_EVERY = 10
 
 
-def check_stop_args(tol: float | None, check_every: int) -> None:
-    """ValueErrors naming ``tol`` (must be ``None`` or a finite number > 0) or ``check_every``
-    (an int ≥ 1)."""
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                            or not math.isfinite(tol) or tol <= 0):
-        raise ValueError(f"tol must be None or a finite number > 0, got {tol!r}")
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
+def check_stop_args(tol: float | None, check_every: int) -> tuple[float | None, int]:
+    """``(tol, check_every)`` normalised, or an error naming ``tol`` (``None`` or a finite number
+    > 0) or ``check_every`` (an integer >= 1)."""
+    if tol is not None:
+        want = "tol must be None or a finite number > 0"
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+            raise ArgumentTypeError(f"{want}, got {describe(tol)}")
+        tol = float(tol)
+        if not (math.isfinite(tol) and tol > 0.0):
+            raise ArgumentError(f"{want}, got {tol!r}")
+    return tol, as_count("check_every", check_every, minimum=1)
 
 
 def backend_settle(be: Backend, model: CRNN, phase: PhaseInputs, steps: int) -> None:

@@ -6,42 +6,41 @@ fastest that can run the model) and the phase runs through :func:`.convergence.r
 
 from __future__ import annotations
 
-import math
+from typing import Sequence
 
 import torch
 
+from eqkern.errors import ArgumentError
 from eqkern.backends import get_backend
 from eqkern.backends.base import PhaseInputs
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
 from eqkern.model import checks
 from eqkern.model.crnn import CRNN, register_free_phase
+from eqkern.validate import as_bool
 
 
 def check_phase_args(
     model: CRNN,
     x: torch.Tensor,
     beta: float | torch.Tensor,
-    steps: int,
     targets: torch.Tensor | None,
-) -> None:
-    """Validate the arguments of a phase, with errors that say what is wrong.
+    *,
+    state: Sequence[torch.Tensor] = (),
+) -> tuple[float | torch.Tensor, torch.Tensor | None]:
+    """Validate the input, β and targets of a phase (and the values of ``state``, already checked
+    for shape), with errors that say what is wrong; returns ``(beta, targets)`` normalised (β a
+    float or a per-sample ``(batch,)`` tensor, the class ids int64).
 
-    ``beta``: a float, or a per-sample ``(batch,)`` tensor."""
+    Reads the values once (one host sync, :func:`eqkern.model.checks.check_values`): a NaN in ``x``
+    would otherwise come back as NaN gradients, a class id out of range as an indexing error."""
     checks.check_input(model, x)
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if isinstance(beta, torch.Tensor):
-        if beta.shape != (x.shape[0],) or not beta.is_floating_point():
-            raise ValueError(f"a per-sample beta must be a float tensor of shape ({x.shape[0]},), "
-                             f"got shape {tuple(beta.shape)} dtype {beta.dtype}")
-        if beta.device != x.device:
-            raise ValueError(f"beta is on {beta.device}, x on {x.device}")
-    elif not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
+    beta = checks.check_beta(beta, x)
     if (isinstance(beta, torch.Tensor) or beta != 0.0) and targets is None:
-        raise ValueError("a nudged phase (beta != 0) needs targets")
+        raise ArgumentError("a nudged phase (beta != 0) needs targets")
     if targets is not None:
-        checks.check_targets(model, targets, x.shape[0])
+        targets = checks.check_targets(model, targets, x.shape[0])
+    checks.check_values(model, x, targets=targets, beta=beta, state=state)
+    return beta, targets
 
 
 def settle(
@@ -66,7 +65,7 @@ def settle(
         state: one ``(batch, *model.state_shapes[i])`` tensor per state layer; updated in place.
         beta: nudging strength (0 for the free phase), or a per-sample ``(batch,)`` tensor.
         steps: number of steps (the cap when ``tol`` is given).
-        targets: ``(batch,)`` class ids; needed when ``beta != 0``.
+        targets: ``(batch,)`` class ids of any integer dtype; needed when ``beta != 0``.
         backend: ``"reference"``, ``"torch"``, ``"cpp"``, ``"triton"``; default ``$EQKERN_BACKEND``
             or the fastest.
         schedule: ``"synchronous"`` (every layer from the same state) or ``"alternating"`` (even
@@ -78,12 +77,19 @@ def settle(
         return_steps: also return the number of steps run.
     Returns:
         ``state`` (the same tensors), or ``(state, steps_used)`` with ``return_steps=True``.
+
+    Bad arguments are :mod:`eqkern.errors` errors naming the argument; the values of ``x``,
+    ``state``, a per-sample ``beta`` and ``targets`` are read once (one host sync) and refused when
+    not finite or out of range, so a NaN input is an error, not a NaN state.
     """
-    if not isinstance(beta, torch.Tensor) or beta.dim() == 0:
-        beta = float(beta)
-    check_phase_args(model, x, beta, steps, targets)
-    check_stop_args(tol, check_every)
+    steps = checks.as_count("steps", steps)
+    tol, check_every = check_stop_args(tol, check_every)
+    return_steps = as_bool("return_steps", return_steps)
+    checks.check_input(model, x)
     checks.check_state(model, state, x.shape[0])
+    # The backends update state in place while reading x and the other layers.
+    checks.check_no_overlap({f"state[{i}]": s for i, s in enumerate(state)}, {"x": x})
+    beta, targets = check_phase_args(model, x, beta, targets, state=state)
     be = get_backend(backend, x.device, model, schedule=schedule)
     used = run_phase(be, model, PhaseInputs(x, state, beta, steps, targets, schedule), tol=tol,
                      check_every=check_every)
@@ -104,6 +110,7 @@ def free_phase(
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
     ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run."""
+    t_free = checks.as_count("t_free", t_free)
     checks.check_input(model, x)  # before init_state reads x's batch, dtype and device
     return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,
                   schedule=schedule, tol=tol, check_every=check_every, return_steps=return_steps)

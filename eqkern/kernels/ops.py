@@ -3,19 +3,71 @@
 The schemas are defined in ``csrc/ops.cpp`` (``TORCH_LIBRARY(eqkern)``, which names this module as
 the home of the fake kernels); the kernels in ``csrc/cpu`` and ``csrc/cuda``. Each op ``<op>`` has a
 pure-torch ``<op>_ref`` next to it that the tests compare against.
+
+Bad arguments raise :class:`OpArgumentError` (an ``ArgumentError`` and a ``RuntimeError``), naming
+the op and the argument: the C++ checks for shapes, dtypes and devices; the fake kernels for a
+mix of devices that includes ``meta`` (which the dispatcher sends to them, not to C++); the
+wrappers for outputs that share memory with another argument and for scalars. The wrappers read
+no tensor values (no host sync): NaN inputs and class ids out of range are checked one level up,
+by ``eqkern.settle`` and ``eqkern.ep_gradients``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
+from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.kernels import native as _build  # loads eqkern._C, which registers the eqkern::* kernels
 from eqkern.model.activations import ACTIVATION_CODES, activate, check_activation
+from eqkern.model.checks import check_no_overlap
+from eqkern.validate import as_float, as_int, describe
 
 __all__ = ["settle_epilogue_", "settle_epilogue_ref", "settle", "hebbian_update", "NetworkArgs", "network_args",
            "AuxNudgeArgs"]
+
+
+class OpArgumentError(ArgumentError, RuntimeError):
+    """A bad argument of an ``eqkern::*`` op: an :class:`~eqkern.errors.ArgumentError` that is also
+    the ``RuntimeError`` the op's own C++ checks (``TORCH_CHECK``) raise, so that code catching
+    either keeps working. The message starts with the op's name, as the C++ messages do."""
+
+
+def _call(op: str, *args: Any) -> None:
+    """``torch.ops.eqkern.<op>(*args)``, with the op's input checks (C++ ``TORCH_CHECK``s, whose
+    messages start with ``eqkern.<op>``) raised as :class:`OpArgumentError`."""
+    fn = getattr(torch.ops.eqkern, op).default
+    if torch.compiler.is_compiling():  # traced: the fake kernels below do the checks
+        return fn(*args)
+    try:
+        return fn(*args)
+    except RuntimeError as exc:
+        if isinstance(exc, ArgumentError) or not str(exc).startswith(f"eqkern.{op}"):
+            raise
+        raise OpArgumentError(str(exc)) from exc
+
+
+def _check_devices(op: str, ref_name: str, ref: torch.Tensor,
+                   named: Sequence[tuple[str, torch.Tensor | None]]) -> None:
+    """Every tensor on ``ref``'s device, in the words of the C++ checks.
+
+    Run by the fake kernels: a mix of devices that includes ``meta`` is dispatched to the Meta
+    kernel, i.e. to them, never reaching the C++ checks (an op on all-meta tensors is fine: memory
+    profiles trace the step that way)."""
+    for name, t in named:
+        if t is not None and t.device != ref.device:
+            raise OpArgumentError(f"eqkern.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def _tensor(op: str, name: str, t: Any) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ArgumentTypeError(f"eqkern.{op}: {name} must be a torch.Tensor, got {describe(t)}")
+    return t
+
+
+def _named(name: str, ts: Sequence[torch.Tensor | None]) -> list[tuple[str, torch.Tensor | None]]:
+    return [(f"{name}[{i}]", t) for i, t in enumerate(ts)]
 
 
 def _require_cpp(op: str) -> None:
@@ -44,14 +96,13 @@ def settle_epilogue_(
     """
     code = ACTIVATION_CODES[check_activation(activation)]
     _require_cpp("settle_epilogue_")
-    # Mixed devices would be dispatched to one device's kernel (or fail with a dispatcher error for
-    # meta tensors) before the C++ checks run, so say it here, in the words the C++ checks use.
-    for name, t in (("bottom_up", bottom_up), ("top_down", top_down), ("nudge", nudge)):
-        if t is not None and t.device != state.device:
-            raise RuntimeError(f"eqkern.settle_epilogue_: {name} is on {t.device} but state is on {state.device}")
-    torch.ops.eqkern.settle_epilogue_.default(
-        state, bottom_up, top_down, nudge, float(alpha), float(gamma), code
-    )
+    op = "settle_epilogue_"
+    inputs = {"bottom_up": _tensor(op, "bottom_up", bottom_up)}
+    inputs.update({k: _tensor(op, k, t) for k, t in (("top_down", top_down), ("nudge", nudge)) if t is not None})
+    # Elementwise: state may be one of its inputs exactly (each element is read, then written), but
+    # not partly overlap one (an element written before another one reads it).
+    check_no_overlap({"state": _tensor(op, "state", state)}, inputs, in_place_ok=True)
+    _call(op, state, bottom_up, top_down, nudge, as_float("alpha", alpha), as_float("gamma", gamma), code)
 
 
 def _settle_epilogue_fake(
@@ -64,7 +115,9 @@ def _settle_epilogue_fake(
     activation: int,
 ) -> None:
     # Mutates `state` and returns nothing, so tracing (torch.compile, opcheck) only needs the checks.
-    for name, t in (("bottom_up", bottom_up), ("top_down", top_down), ("nudge", nudge)):
+    named = (("bottom_up", bottom_up), ("top_down", top_down), ("nudge", nudge))
+    _check_devices("settle_epilogue_", "state", state, named)
+    for name, t in named:
         if t is None:
             continue
         torch._check(t.dtype == state.dtype, lambda: f"{name} has dtype {t.dtype}, state {state.dtype}")
@@ -94,7 +147,7 @@ def settle_epilogue_ref(
     dtype). Computed with ATen ops in the inputs' dtype, in the order the kernels use.
     """
     if bottom_up.shape != state.shape:
-        raise ValueError(f"bottom_up has shape {tuple(bottom_up.shape)}, state {tuple(state.shape)}")
+        raise ArgumentError(f"bottom_up has shape {tuple(bottom_up.shape)}, state {tuple(state.shape)}")
     u = alpha * bottom_up
     if top_down is not None:
         u = u + gamma * top_down
@@ -157,14 +210,6 @@ def network_args(model) -> NetworkArgs:
     )
 
 
-def _check_devices(op: str, x: torch.Tensor, named: Sequence[tuple[str, torch.Tensor | None]]) -> None:
-    # A mix of devices would be dispatched to one device's kernel (or fail in the dispatcher for
-    # meta tensors) before the C++ checks run: say it here, in the words the C++ checks use.
-    for name, t in named:
-        if t is not None and t.device != x.device:
-            raise RuntimeError(f"eqkern.{op}: {name} is on {t.device} but x is on {x.device}")
-
-
 class AuxNudgeArgs(NamedTuple):
     """The LE / KD(W) nudge terms of :func:`settle` (one entry per augmented layer).
 
@@ -204,19 +249,21 @@ def settle(
     or ``"alternating"`` (even layers, then odd layers from the new even ones).
     """
     _require_cpp("settle")
-    args = settle_op_args(x, net, state, beta, steps, targets, aux, schedule)
-    _check_devices("settle", x, [(f"weights[{i}]", w) for i, w in enumerate(net.weights)]
-                   + [(f"state[{i}]", s) for i, s in enumerate(state)]
-                   + [("out_weight", net.out_weight), ("targets", targets),
-                      ("beta", beta if isinstance(beta, torch.Tensor) else None)]
-                   + [(f"aux_targets[{k}]", t) for k, t in enumerate(aux.targets)])
-    torch.ops.eqkern.settle.default(*args)
+    try:  # a non-integer here; the C++ check says what a negative count is
+        steps = as_int("steps", steps)
+    except ArgumentTypeError as exc:
+        raise OpArgumentError(f"eqkern.settle: {exc}") from None
+    if not isinstance(beta, torch.Tensor):
+        beta = as_float("beta", beta)
+    check_no_overlap(dict(_named("state", [_tensor("settle", f"state[{i}]", s) for i, s in enumerate(state)])),
+                     {"x": _tensor("settle", "x", x)})
+    _call("settle", *settle_op_args(x, net, state, beta, steps, targets, aux, schedule))
 
 
 def settle_op_args(x, net, state, beta, steps, targets=None, aux=NO_AUX, schedule="synchronous") -> tuple:
     """The positional arguments of ``torch.ops.eqkern.settle`` for :func:`settle`'s (for opcheck)."""
     if schedule not in SCHEDULE_CODES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULE_CODES)}, got {schedule!r}")
+        raise ArgumentError(f"schedule must be one of {sorted(SCHEDULE_CODES)}, got {schedule!r}")
     sample_betas = beta if isinstance(beta, torch.Tensor) else None
     return (x, list(net.weights), list(net.biases), net.kinds, net.paddings, net.pools, net.activations,
             net.alphas, net.gammas, list(net.feedback_weights), list(net.skip_sources),
@@ -244,12 +291,19 @@ def hebbian_update(
     layer, then out_weight and out_bias (CE), shaped like the parameters. targets: needed with CE.
     """
     _require_cpp("hebbian_update")
-    _check_devices("hebbian_update", x, [(f"state_a[{i}]", s) for i, s in enumerate(state_a)]
-                   + [(f"state_b[{i}]", s) for i, s in enumerate(state_b)]
-                   + [(f"grads[{i}]", g) for i, g in enumerate(grads)] + [("targets", targets)])
-    torch.ops.eqkern.hebbian_update.default(
-        x, net.weights, net.biases, net.kinds, net.paddings, net.pools, net.out_weight, net.out_bias,
-        targets, list(state_a), float(beta_a), list(state_b), float(beta_b), list(grads))
+    op = "hebbian_update"
+    # The op adds into grads while it reads the states and parameters: none may share their memory.
+    # Checked once grads have the parameters' shapes; a wrong list is the C++ checks' to name.
+    params = [p for w, b in zip(net.weights, net.biases) for p in (w, b)]
+    params += [] if net.out_weight is None else [net.out_weight, net.out_bias]
+    grads = [_tensor(op, f"grads[{i}]", g) for i, g in enumerate(grads)]
+    if len(grads) == len(params) and all(g.shape == p.shape for g, p in zip(grads, params)):
+        read = dict([("x", _tensor(op, "x", x)), *_named("state_a", state_a), *_named("state_b", state_b),
+                     *_named("weights", net.weights), *_named("biases", net.biases)])
+        check_no_overlap(dict(_named("grads", grads)), read)
+    _call(op, x, net.weights, net.biases, net.kinds, net.paddings, net.pools, net.out_weight, net.out_bias,
+          targets, list(state_a), as_float("beta_a", beta_a), list(state_b), as_float("beta_b", beta_b),
+          list(grads))
 
 
 def _check_like(op: str, name: str, t: torch.Tensor, like: torch.Tensor) -> None:
@@ -270,6 +324,11 @@ def _settle_fake(x, weights, biases, kinds, paddings, pools, activations, alphas
     torch._check(schedule in (0, 1), lambda: f"eqkern.settle: schedule must be 0 or 1, got {schedule}")
     torch._check(len(aux_maps) == len(aux_layers) and len(aux_targets) == len(aux_layers),
                  lambda: "eqkern.settle: aux_maps and aux_targets need one entry per aux layer")
+    _check_devices("settle", "x", x, [
+        *_named("weights", weights), *_named("biases", biases), *_named("feedback_weights", feedback_weights),
+        *_named("skip_weights", skip_weights), ("out_weight", out_weight), ("out_bias", out_bias),
+        ("targets", targets), ("sample_betas", sample_betas), *_named("aux_maps", aux_maps),
+        *_named("aux_targets", aux_targets), *_named("state", state)])
     for i, t in enumerate(list(weights) + list(state) + list(aux_targets)):
         _check_like("settle", f"tensor {i}", t, x)
     return None
@@ -282,6 +341,10 @@ def _hebbian_update_fake(x, weights, biases, kinds, paddings, pools, out_weight,
                  lambda: "eqkern.hebbian_update: state_a and state_b need one tensor per layer")
     torch._check(len(grads) == 2 * n + (2 if out_weight is not None else 0),
                  lambda: "eqkern.hebbian_update: grads needs a weight and a bias per layer (+ read-out)")
+    _check_devices("hebbian_update", "x", x, [
+        *_named("weights", weights), *_named("biases", biases), ("out_weight", out_weight),
+        ("out_bias", out_bias), ("targets", targets), *_named("state_a", state_a),
+        *_named("state_b", state_b), *_named("grads", grads)])
     for i, g in enumerate(grads):
         _check_like("hebbian_update", f"grads[{i}]", g, x)
     return None

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from eqkern.errors import ArgumentError
 from eqkern.model import energy
 from eqkern.backends import BACKENDS, get_backend
 from eqkern.backends.base import Backend, PhaseInputs, schedule_groups
 from eqkern.learning.ep import scalar
+from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
 from eqkern.dynamics.settle import check_phase_args
 
@@ -52,10 +54,12 @@ def bptt_gradients(
     default; a backend that is not is a ValueError that says why.
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids.
     """
-    truncate = t_free if truncate is None else truncate
+    # BPTT backpropagates through at least one step: t_free = 0 has no graph to differentiate.
+    t_free = as_count("t_free", t_free, minimum=1)
+    truncate = t_free if truncate is None else as_count("truncate", truncate)
     if not 0 < truncate <= t_free:
-        raise ValueError(f"truncate must be in 1..t_free={t_free}, got {truncate}")
-    check_phase_args(model, x, 0.0, t_free, y)
+        raise ArgumentError(f"truncate must be in 1..t_free={t_free}, got {truncate}")
+    _, y = check_phase_args(model, x, 0.0, y)
     schedule_groups(model.num_layers, schedule)  # rejects an unknown schedule
     be = differentiable_backend(backend, x.device, model, schedule)
     state = model.init_state(x.shape[0], like=x)
@@ -76,7 +80,7 @@ def differentiable_backend(name: str | None, device: torch.device, model: CRNN,
     """The backend BPTT unrolls: ``name`` (default ``"torch"``), which must be differentiable."""
     name = name or "torch"
     if name in BACKENDS and not BACKENDS[name].differentiable:
-        raise ValueError(f"bptt_gradients needs a differentiable backend, and {name!r} is not: "
+        raise ArgumentError(f"bptt_gradients needs a differentiable backend, and {name!r} is not: "
                          f"its steps run without autograd; differentiable: "
                          f"{[n for n, be in BACKENDS.items() if be.differentiable]}")
     return get_backend(name, device, model, schedule=schedule)

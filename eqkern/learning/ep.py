@@ -14,15 +14,18 @@ from typing import Literal
 
 import torch
 
+from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.model import energy
 from eqkern.learning.separate_feedback import feedback_gradients, resolve_rule
 from eqkern.model.auxiliary import repeat_targets
+from eqkern.model.checks import as_count
 from eqkern.backends import get_backend
 from eqkern.backends.base import Phase, PhaseInputs, accumulate_grads
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
 from eqkern.learning.fre import fre_gradients
 from eqkern.model.crnn import CRNN
 from eqkern.dynamics.settle import check_phase_args
+from eqkern.validate import as_bool, describe
 
 Estimator = Literal["symmetric", "one_sided", "random_sign"]
 ESTIMATORS = ("symmetric", "one_sided", "random_sign")
@@ -93,7 +96,9 @@ def ep_gradients(
     (no ``1/β``, read-out at the free state; :mod:`eqkern.learning.fre`) on the same phases.
     Every rule runs on the selected backend (``backend``; see :func:`eqkern.settle`).
 
-    ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids. Call ``optimizer.zero_grad()``
+    ``x: (batch, *model.input_shape)`` (finite), ``y: (batch,)`` class ids of any integer dtype;
+    ``beta``: a number with ``0 < |beta| <= 1e4`` (:data:`eqkern.model.checks.BETA_MAX`);
+    ``t_free``, ``t_nudge``: ints ``>= 0`` (numpy ints too). Call ``optimizer.zero_grad()``
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
     A parameter with ``requires_grad=False`` gets no gradient (its ``.grad`` is left as it is).
 
@@ -103,14 +108,20 @@ def ep_gradients(
     (unless fixed) ``λ·B_l`` to their gradients (= SGD weight decay on them). A symmetric model takes only
     ``rule="ep"`` (its default) and ``leakage=0``.
     """
-    beta = float(beta)
     if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
+        raise ArgumentError(f"unknown estimator {estimator!r}; known: {ESTIMATORS}")
+    t_free, t_nudge = as_count("t_free", t_free), as_count("t_nudge", t_nudge)
+    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
+        raise ArgumentTypeError(f"beta must be a number (ep_gradients makes the per-sample betas "
+                                f"itself), got {describe(beta)}")
+    beta, y = check_phase_args(model, x, beta, y)
     if beta == 0.0:
-        raise ValueError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
-    check_phase_args(model, x, beta, max(t_free, t_nudge), y)
+        raise ArgumentError(f"the {estimator} EP estimate divides by beta: it needs beta != 0")
     rule = resolve_rule(model, rule, leakage)
-    check_stop_args(tol, check_every)
+    tol, check_every = check_stop_args(tol, check_every)
+    batched_nudge = as_bool("batched_nudge", batched_nudge)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
     batched = batched_nudge and estimator == "symmetric"
     be = get_backend(backend, x.device, model, schedule=schedule)
     batch = x.shape[0]

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from eqkern.errors import ArgumentError
 from eqkern.model.auxiliary import labels_of
 from eqkern.backends.base import Backend, ParamGrads, Phase
 from eqkern.model.crnn import CRNN
@@ -53,7 +54,7 @@ def fre_gradients(
     ``beta``: the nominal nudging strength, so that ``ds = (s_a − s_b)·|β|/(β_a − β_b)``.
     """
     if model.augment is not None:
-        raise ValueError("rule='fre' does not support LE/KD augmentation (the paper has none); "
+        raise ArgumentError("rule='fre' does not support LE/KD augmentation (the paper has none); "
                          "use rule='ep'")
     batch = x.shape[0]
     factor = abs(beta) / (a.beta - b.beta)

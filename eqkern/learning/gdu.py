@@ -13,6 +13,8 @@ import torch
 
 from eqkern.learning.bptt import bptt_gradients
 from eqkern.learning.ep import Estimator, ep_gradients
+from eqkern.errors import ArgumentError
+from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
 
 
@@ -45,6 +47,12 @@ def check_gdu(
     and both norms. The model's own ``.grad`` are left untouched. ``schedule``: of EP's phases
     and of the steps BPTT unrolls alike (``"synchronous"`` or ``"alternating"``).
     """
+    # BPTT runs through the last t_nudge of the t_free steps: say so before EP has run at all.
+    t_free = as_count("t_free", t_free, minimum=1)
+    t_nudge = as_count("t_nudge", t_nudge, minimum=1)
+    if t_nudge > t_free:
+        raise ArgumentError(f"t_nudge must be <= t_free={t_free} (BPTT backpropagates through the "
+                            f"last t_nudge free steps), got {t_nudge}")
     work = copy.deepcopy(model)
     work.zero_grad(set_to_none=True)
     ep_gradients(work, x, y, beta=beta, t_free=t_free, t_nudge=t_nudge,

@@ -40,9 +40,11 @@ from typing import Sequence
 
 import torch
 
+from eqkern.errors import ArgumentError
 from eqkern.model import energy
 from eqkern.backends.base import Backend, ParamGrads, Phase
 from eqkern.model.crnn import CRNN
+from eqkern.validate import as_float
 
 # "ep": the contrastive Hebbian update (B_l fixed for a separate model); "fre": FRE-RNN's
 # ΔW_i = ds_{i+1} s_iᵀ (eqkern.fre, symmetric models); "vf", "kp-vf": separate feedback (below).
@@ -55,18 +57,16 @@ def resolve_rule(model: CRNN, rule: str | None, leakage: float) -> str:
     if rule is None:
         rule = "kp-vf" if model.separate_feedback else "ep"
     if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; known: {RULES}")
+        raise ArgumentError(f"unknown rule {rule!r}; known: {RULES}")
     if rule in ("vf", "kp-vf") and not model.separate_feedback:
-        raise ValueError(f"rule={rule!r} trains separate feedback weights: build the model with "
+        raise ArgumentError(f"rule={rule!r} trains separate feedback weights: build the model with "
                          f"CRNN(..., feedback='separate')")
     if rule == "fre" and (model.separate_feedback or model.augment is not None):
-        raise ValueError("rule='fre' is for symmetric models without LE/KD augmentation (the paper "
+        raise ArgumentError("rule='fre' is for symmetric models without LE/KD augmentation (the paper "
                          "has neither); use rule='ep'")
-    leakage = float(leakage)
-    if not math.isfinite(leakage) or leakage < 0.0:
-        raise ValueError(f"leakage must be a finite number >= 0, got {leakage}")
+    leakage = as_float("leakage", leakage, minimum=0.0)
     if leakage != 0.0 and not model.separate_feedback:
-        raise ValueError("leakage acts on the pairs (W_l, B_l) of feedback='separate'; for a "
+        raise ArgumentError("leakage acts on the pairs (W_l, B_l) of feedback='separate'; for a "
                          "symmetric model use the optimizer's weight_decay")
     return rule
 
@@ -119,7 +119,7 @@ def rule_gradients(
             g_b = weight_grad(i, delta_in, free[i], idx_b)
             grads.append((g_w * scale, g_b * scale))
         else:
-            raise ValueError(f"rule_gradients computes 'vf' or 'kp-vf', got rule={rule!r}")
+            raise ArgumentError(f"rule_gradients computes 'vf' or 'kp-vf', got rule={rule!r}")
     return grads
 
 

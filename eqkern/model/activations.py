@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from eqkern.errors import ArgumentError
+
 # name -> code shared with csrc/math/settle_epilogue.h (enum Activation).
 ACTIVATION_CODES: dict[str, int] = {
     "hard_sigmoid": 0,  # clamp(u/2, 0, 1): Laborieux's my_hard_sig, the default
@@ -54,10 +56,12 @@ _IN_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def check_activation(name: str) -> str:
-    """Return ``name`` if it is a known activation, else raise a ValueError listing the known ones."""
-    if name not in ACTIVATION_CODES:
-        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATION_CODES)}")
+def check_activation(name: str, *, where: str = "") -> str:
+    """Return ``name`` if it is a known activation, else raise an ArgumentError listing the known
+    ones (``where``: a prefix saying whose activation it is, e.g. the layer)."""
+    if not isinstance(name, str) or name not in ACTIVATION_CODES:
+        prefix = f"{where} " if where else ""
+        raise ArgumentError(f"{prefix}unknown activation {name!r}; known: {sorted(ACTIVATION_CODES)}")
     return name
 
 

@@ -17,12 +17,14 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from eqkern.model.activations import check_activation
+from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.model.auxiliary import (Augmentation, make_aux_modules,
                                     reset_aux_module)
 from eqkern.model.skips import SkipLink, check_skips
 from eqkern.model.specs import (FEEDBACK_MODES, READOUTS, STATE_INITS, Conv, Feedback, LayerSpec,
                                 Linear, Readout, StateInit, check_spec, output_shape)
+from eqkern.model.checks import as_count
+from eqkern.validate import as_float, as_int, describe
 
 __all__ = ["CRNN", "Conv", "Linear", "LayerSpec", "register_free_phase"]
 
@@ -36,6 +38,16 @@ def register_free_phase(fn: Callable[..., list[torch.Tensor]]) -> None:
     """Set the function :meth:`CRNN.forward` runs: ``fn(model, x, steps, **options) -> state``."""
     global _FREE_PHASE
     _FREE_PHASE = fn
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of Python ints >= 1 (``(C, H, W)``, or ``(features,)``)."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise ArgumentTypeError(f"input_shape must be a sequence such as (channels, height, width) "
+                                f"or (features,), got {describe(input_shape)}")
+    if len(input_shape) == 0:
+        raise ArgumentError("input_shape must have at least one dimension, got ()")
+    return tuple(as_int(f"input_shape[{i}]", d, minimum=1) for i, d in enumerate(input_shape))
 
 
 class CRNN(nn.Module):
@@ -79,24 +91,25 @@ class CRNN(nn.Module):
                                    ("readout", readout, READOUTS),
                                    ("state_init", state_init, STATE_INITS)):
             if value not in known:
-                raise ValueError(f"{name} must be one of {known}, got {value!r}")
-        if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+                raise ArgumentError(f"{name} must be one of {known}, got {value!r}")
+        self.num_classes = as_int("num_classes", num_classes, minimum=1)
+        if isinstance(layers, (Conv, Linear)) or not isinstance(layers, Sequence):
+            raise ArgumentTypeError(f"layers must be a list of eqkern.Conv / eqkern.Linear, got "
+                                    f"{describe(layers)}")
         if not layers:
-            raise ValueError("a CRNN needs at least one layer")
-        self.input_shape = tuple(int(d) for d in input_shape)
-        self.specs: tuple[LayerSpec, ...] = tuple(layers)
-        self.num_classes = int(num_classes)
+            raise ArgumentError("a CRNN needs at least one layer")
+        self.input_shape = check_input_shape(input_shape)
         self.readout: Readout = readout
         self.state_init = state_init
-        self.init_scale = float(init_scale)
+        self.init_scale = as_float("init_scale", init_scale)
 
         self.connections = nn.ModuleList()
+        specs: list[LayerSpec] = []
         shapes: list[tuple[int, ...]] = []
         shape = self.input_shape
-        for i, spec in enumerate(self.specs):
-            check_activation(spec.activation)
-            check_spec(i, spec, shape)
+        for i, spec in enumerate(layers):
+            spec = check_spec(i, spec, shape)
+            specs.append(spec)
             if isinstance(spec, Conv):
                 self.connections.append(
                     nn.Conv2d(shape[0], spec.out_channels, spec.kernel_size, padding=spec.padding))
@@ -104,12 +117,13 @@ class CRNN(nn.Module):
                 self.connections.append(nn.Linear(math.prod(shape), spec.out_features))
             shape = output_shape(shape, spec)
             shapes.append(shape)
+        self.specs: tuple[LayerSpec, ...] = tuple(specs)
         self.state_shapes: tuple[tuple[int, ...], ...] = tuple(shapes)
         if readout == "ce":
             self.out = nn.Linear(math.prod(shape), self.num_classes)
         else:
             if shape != (self.num_classes,):
-                raise ValueError(
+                raise ArgumentError(
                     f"readout='mse' needs a last Linear layer of {num_classes} units, got {shape}"
                 )
             self.out = None
@@ -118,7 +132,7 @@ class CRNN(nn.Module):
         if augment is not None:
             bad = [i for i in augment.layers if not 0 <= i < len(shapes)]
             if bad or not augment.layers:
-                raise ValueError(f"augment.layers must name state layers 0..{len(shapes) - 1}, "
+                raise ArgumentError(f"augment.layers must name state layers 0..{len(shapes) - 1}, "
                                  f"got {augment.layers}")
         self.aux = make_aux_modules(augment, shapes, self.num_classes)
         # registered after aux so that the parameter order of models without skips is unchanged
@@ -173,7 +187,7 @@ class CRNN(nn.Module):
         if self.feedback_weights is None:
             return self.connections[i].weight
         if i == 0:
-            raise ValueError("connection 0 reads the clamped input: it has no feedback weight")
+            raise ArgumentError("connection 0 reads the clamped input: it has no feedback weight")
         return self.feedback_weights[str(i)]
 
     def ep_parameters(self) -> list[nn.Parameter]:
@@ -190,6 +204,7 @@ class CRNN(nn.Module):
 
     def init_state(self, batch: int, *, like: torch.Tensor | None = None) -> list[torch.Tensor]:
         """A fresh initial state: one ``(batch, *state_shapes[i])`` tensor per state layer."""
+        batch = as_int("batch", batch, minimum=0)
         ref = like if like is not None else self.connections[0].weight
         make = torch.zeros if self.state_init == "zeros" else torch.rand
         return [make((batch, *s), dtype=ref.dtype, device=ref.device) for s in self.state_shapes]
@@ -221,6 +236,6 @@ class CRNN(nn.Module):
         """
         if _FREE_PHASE is None:  # only when eqkern.model is loaded without the package
             raise RuntimeError("CRNN.forward needs eqkern.dynamics: import eqkern first")
-        steps = self.default_steps if steps is None else steps
+        steps = as_count("steps", self.default_steps if steps is None else steps)
         return self.logits(_FREE_PHASE(self, x, steps, **phase_options)[-1])
 

@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eqkern.errors import ArgumentError, ArgumentTypeError
+from eqkern.validate import as_float, as_int, describe
+
 SkipPairs = tuple[tuple[int, int], ...]
 
 
@@ -40,20 +43,20 @@ def residual_skips(num_layers: int, every: int = 3, start: int = 0) -> SkipPairs
     Liu & Chen's 10-layer net (Fig. 3a, ``make_W_conn(startres=1, block_size=3)`` of their code)
     links hidden layers 1→4, 4→7, 7→10, i.e. state layers ``(0, 3), (3, 6), (6, 9)``.
     """
-    if not isinstance(every, int) or every < 2:
-        raise ValueError(f"every must be an int >= 2 (a skip spans at least two layers), got {every!r}")
-    if not isinstance(start, int) or start < 0:
-        raise ValueError(f"start must be a non-negative int, got {start!r}")
+    num_layers = as_int("num_layers", num_layers, minimum=0)
+    every = as_int("every", every, minimum=2)  # a skip spans at least two layers
+    start = as_int("start", start, minimum=0)
     return tuple((i, i + every) for i in range(start, num_layers - every, every))
 
 
 def random_skips(num_layers: int, p: float, seed: int = 0) -> SkipPairs:
     """Arbitrary graph topology (AGT, Fig. 3c): each pair ``(i, j)``, ``j > i + 1``, is linked with
     probability ``p``, drawn from a ``torch.Generator`` seeded with ``seed`` (reproducible)."""
-    p = float(p)
+    num_layers = as_int("num_layers", num_layers, minimum=0)
+    p = as_float("p", p)
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p}")
-    gen = torch.Generator().manual_seed(int(seed))
+        raise ArgumentError(f"p must be a probability in [0, 1], got {p}")
+    gen = torch.Generator().manual_seed(as_int("seed", seed))
     pairs = [(i, j) for i in range(num_layers) for j in range(i + 2, num_layers)]
     draws = torch.rand(len(pairs), generator=gen, dtype=torch.float64)
     return tuple(pair for pair, u in zip(pairs, draws.tolist()) if u < p)
@@ -62,19 +65,23 @@ def random_skips(num_layers: int, p: float, seed: int = 0) -> SkipPairs:
 def check_skips(skips: Sequence[Sequence[int]], shapes: Sequence[tuple[int, ...]]) -> SkipPairs:
     """Validate ``skips`` against the state shapes; returns them as a sorted tuple of pairs."""
     out = []
+    if isinstance(skips, (str, bytes)) or not isinstance(skips, Sequence):
+        raise ArgumentTypeError(f"skips must be a list of (source, target) pairs, got {describe(skips)}")
     for pair in skips:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence):
+            raise ArgumentTypeError(f"skips must be (source, target) pairs, got {describe(pair)}")
         if len(pair) != 2:
-            raise ValueError(f"skips must be (source, target) pairs, got {pair!r}")
-        i, j = (int(v) for v in pair)
+            raise ArgumentError(f"skips must be (source, target) pairs, got {pair!r}")
+        i, j = (as_int(f"skips: {tuple(pair)!r}: {end}", v) for end, v in zip(("source", "target"), pair))
         if not (0 <= i < len(shapes) and 0 <= j < len(shapes)):
-            raise ValueError(f"skips: ({i}, {j}) must name state layers 0..{len(shapes) - 1}")
+            raise ArgumentError(f"skips: ({i}, {j}) must name state layers 0..{len(shapes) - 1}")
         if j <= i + 1:
-            raise ValueError(f"skips: ({i}, {j}) must go from a lower to a higher, non-adjacent "
+            raise ArgumentError(f"skips: ({i}, {j}) must go from a lower to a higher, non-adjacent "
                              f"layer (target > source + 1)")
         _pool_factor(shapes[i], shapes[j])  # raises for shapes no projection connects
         out.append((i, j))
     if len(set(out)) != len(out):
-        raise ValueError(f"skips: a pair is given twice in {list(out)}")
+        raise ArgumentError(f"skips: a pair is given twice in {list(out)}")
     return tuple(sorted(out))
 
 
@@ -83,10 +90,10 @@ def _pool_factor(src: tuple[int, ...], dst: tuple[int, ...]) -> int:
     if len(dst) == 1:
         return 0
     if len(src) != 3:
-        raise ValueError(f"skips: a link from an FC layer {src} into a conv layer {dst} is not supported")
+        raise ArgumentError(f"skips: a link from an FC layer {src} into a conv layer {dst} is not supported")
     f = src[1] // dst[1] if dst[1] else 0
     if f < 1 or src[1] // f != dst[1] or src[2] // f != dst[2]:
-        raise ValueError(f"skips: no average pool maps a {src[1]}×{src[2]} map onto {dst[1]}×{dst[2]}")
+        raise ArgumentError(f"skips: no average pool maps a {src[1]}×{src[2]} map onto {dst[1]}×{dst[2]}")
     return f
 
 

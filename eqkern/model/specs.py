@@ -13,8 +13,12 @@ bottom-up drive) and its feedback scale γ (on the top-down term it receives fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Union
+
+from eqkern.errors import ArgumentError, ArgumentTypeError
+from eqkern.model.activations import check_activation
+from eqkern.validate import as_bool, as_float, as_int, describe
 
 Readout = Literal["ce", "mse"]
 Feedback = Literal["symmetric", "separate"]
@@ -72,25 +76,37 @@ def output_shape(in_shape: tuple[int, ...], spec: LayerSpec) -> tuple[int, ...]:
     if spec.pool:
         h, w = h // 2, w // 2
     if h < 1 or w < 1:
-        raise ValueError(f"{spec} turns an input of shape {in_shape} into an empty map")
+        raise ArgumentError(f"{spec} turns an input of shape {in_shape} into an empty map")
     return (spec.out_channels, h, w)
 
 
-def check_spec(i: int, spec: LayerSpec, in_shape: tuple[int, ...]) -> None:
-    """ValueError/TypeError naming layer ``i`` when ``spec`` cannot read an input of ``in_shape``."""
-    if isinstance(spec, Conv):
-        if len(in_shape) != 3:
-            raise ValueError(f"layer {i}: Conv needs a (C, H, W) input, got shape {in_shape}")
-        for name in ("out_channels", "kernel_size"):
-            if int(getattr(spec, name)) < 1:
-                raise ValueError(f"layer {i}: Conv {name} must be >= 1, got {getattr(spec, name)}")
-        if int(spec.padding) < 0:
-            raise ValueError(f"layer {i}: Conv padding must be >= 0, got {spec.padding}")
-    elif isinstance(spec, Linear):
-        if int(spec.out_features) < 1:
-            raise ValueError(f"layer {i}: Linear out_features must be >= 1, got {spec.out_features}")
-    else:
-        raise TypeError(f"layer {i}: expected eqkern.Conv or eqkern.Linear, got {spec!r}")
+def check_spec(i: int, spec: LayerSpec, in_shape: tuple[int, ...]) -> LayerSpec:
+    """``spec`` with its sizes as Python ints and its scales as floats, or an error naming layer
+    ``i`` and the spec when it cannot read an input of ``in_shape`` (no batch) or feeds an empty map.
+    """
+    if not isinstance(spec, (Conv, Linear)):
+        raise ArgumentTypeError(f"layer {i}: expected eqkern.Conv or eqkern.Linear, got {describe(spec)}")
+    where = f"layer {i} {spec!r}:"
+    check_activation(spec.activation, where=where)
+    scales = {name: as_float(f"{where} {name}", getattr(spec, name)) for name in ("alpha", "gamma")}
+    if isinstance(spec, Linear):
+        return replace(spec, out_features=as_int(f"{where} out_features", spec.out_features, minimum=1),
+                       **scales)
+    if len(in_shape) != 3:
+        raise ArgumentError(f"layer {i}: Conv needs a (C, H, W) input, got shape {in_shape}")
+    spec = replace(spec, out_channels=as_int(f"{where} out_channels", spec.out_channels, minimum=1),
+                   kernel_size=as_int(f"{where} kernel_size", spec.kernel_size, minimum=1),
+                   padding=as_int(f"{where} padding", spec.padding, minimum=0),
+                   pool=as_bool(f"{where} pool", spec.pool), **scales)
+    h, w = conv_output_size(in_shape[1], in_shape[2], spec.kernel_size, spec.padding)
+    size = f"{in_shape[1]}×{in_shape[2]}"
+    if h < 1 or w < 1:
+        raise ArgumentError(f"{where} kernel_size {spec.kernel_size} with padding {spec.padding} turns "
+                            f"its {size} input into an empty map")
+    if spec.pool and (h < 2 or w < 2):
+        raise ArgumentError(f"{where} its 2×2 pool turns the {h}×{w} map of its {size} input into an "
+                            f"empty map (use pool=False, more padding or fewer layers)")
+    return spec
 
 
 def is_pooled(spec: LayerSpec) -> bool:

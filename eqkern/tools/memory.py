@@ -29,6 +29,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from eqkern.errors import ArgumentError
+from eqkern.validate import as_choice, as_float, as_int, describe
 from eqkern.model.auxiliary import Distill, Targets
 from eqkern.learning.bptt import bptt_gradients
 from eqkern.learning.ep import ep_gradients
@@ -98,6 +100,14 @@ class MemoryProfile:
         return {**asdict(self), "peak_bytes": self.peak_bytes, "peak_mb": self.peak_mb}
 
 
+def _device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:  # torch's text lists every device type
+        raise ArgumentError(f"device must be 'meta', 'cpu' or a CUDA device such as 'cuda:0', "
+                            f"got {describe(device)}") from exc
+
+
 def _nbytes(tensors) -> int:
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
@@ -139,9 +149,12 @@ def profile_memory(
     ``"meta"`` (exact accounting, no arithmetic), ``"cpu"`` (accounting, real arithmetic) or a
     CUDA device (the allocator's peak). The model is moved to ``device`` (pass a copy to keep it).
     """
-    if method not in ("ep", "bptt"):
-        raise ValueError(f"method must be 'ep' or 'bptt', got {method!r}")
-    device = torch.device(device)
+    method = as_choice("method", method, ("ep", "bptt"))
+    batch = as_int("batch", batch, minimum=1)
+    t_free = as_int("t_free", t_free, minimum=1)
+    t_nudge = as_int("t_nudge", t_nudge, minimum=1 if method == "ep" else 0)
+    beta = as_float("beta", beta, nonzero=method == "ep")  # the EP estimate divides by it
+    device = _device(device)
     model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x, y = _batch(model, batch, device)
@@ -242,6 +255,10 @@ def preset_model(name: str, augment: str | None = None, **overrides) -> CRNN:
 
 def memory_table(batch: int = 128, bptt_steps: int = 140, device: str = "meta") -> list[dict]:
     """Lin Table 2 measured here: one row per (network, variant), BPTT's ratio to the largest EP."""
+    # Checked before the first of the eleven models is built.
+    batch = as_int("batch", batch, minimum=1)
+    bptt_steps = as_int("bptt_steps", bptt_steps, minimum=1)
+    _device(device)
     rows = []
     for net, dataset, variants, bptt_preset in LIN_TABLE2:
         ep_peaks = []

@@ -7,13 +7,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from eqkern.data.datasets import DataSplit
+from eqkern.errors import ArgumentError
+from eqkern.data.datasets import DataSplit, check_split
 from eqkern.model.auxiliary import Distill, LocalError, Targets
 from eqkern.model.crnn import CRNN
 from eqkern.training.kappa import KappaSchedule, make_schedule
 from eqkern.training.presets import Preset, get_preset
 
-__all__ = ["build_model", "make_kappa_schedule", "resolve_preset", "limit_data", "teacher_targets"]
+__all__ = ["build_model", "make_kappa_schedule", "resolve_preset", "limit_data", "resolve_teacher",
+           "teacher_targets"]
 
 
 def build_model(preset: Preset, input_shape, num_classes: int) -> CRNN:
@@ -39,15 +41,19 @@ def resolve_preset(preset_or_config, overrides: dict) -> Preset:
     if isinstance(preset_or_config, Mapping):
         d = dict(preset_or_config)
         if "name" not in d:
-            raise ValueError("a config mapping needs the 'name' of the preset it starts from")
+            raise ArgumentError("a config mapping needs the 'name' of the preset it starts from")
         name = d.pop("name")
         return get_preset(name, **{**d, **overrides})
     return get_preset(preset_or_config, **overrides)
 
 
 def limit_data(data: DataSplit, cfg: Any, device) -> DataSplit:
-    """The first ``cfg.train_size`` / ``cfg.test_size`` examples, on ``device``."""
-    xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
+    """A user-given split checked (:func:`eqkern.data.datasets.check_split`: shapes, label dtype
+    and range, non-empty, finite), its first ``cfg.train_size`` / ``cfg.test_size`` examples on
+    ``device`` (None: where they are), labels as int64 (what the losses index with)."""
+    check_split(data, "data")
+    device = device if device is not None else data.x_train.device
+    xtr, ytr, xte, yte = data.x_train, data.y_train.long(), data.x_test, data.y_test.long()
     if cfg.train_size is not None:
         xtr, ytr = xtr[:cfg.train_size], ytr[:cfg.train_size]
     if cfg.test_size is not None:
@@ -56,22 +62,38 @@ def limit_data(data: DataSplit, cfg: Any, device) -> DataSplit:
                          y_test=yte.to(device))
 
 
-def teacher_targets(cfg: Preset, model: CRNN, teacher, device) -> Callable | None:
-    """For KD: ``(x, y) -> Targets(y, [teacher features of each augmented layer])``; else None."""
+def resolve_teacher(cfg: Preset, teacher, device) -> Any:
+    """The KD teacher network of a run, loaded before any data so that a missing or broken
+    teacher file fails at once: ``teacher`` (a VGG or a checkpoint path), else the preset's
+    ``teacher_path``; None for a preset that does not distil (which refuses a ``teacher``
+    rather than ignoring it)."""
     if cfg.augment not in ("kd", "kdw"):
+        if teacher is not None:
+            raise ArgumentError(f"teacher= (--teacher) was given, but preset {cfg.name} does not "
+                                f"distil (augment={cfg.augment!r}; only 'kd' and 'kdw' presets read "
+                                f"a teacher): drop it, or pick a KD preset")
         return None
-    from eqkern.training.teacher import load_teacher, match_features, teacher_features
+    from eqkern.training.teacher import load_teacher
 
     if teacher is None:
         teacher = cfg.teacher_path
     if teacher is None:
-        raise ValueError(f"preset {cfg.name} distils from a {cfg.teacher_arch} teacher: train one "
-                         f"with eqkern.train_teacher(arch={cfg.teacher_arch!r}, width={cfg.width:g}, "
-                         f"out=PATH) (CLI: eqkern teacher) and pass teacher=PATH or "
-                         f"teacher_path=PATH")
+        raise ArgumentError(f"preset {cfg.name} distils from a {cfg.teacher_arch} teacher: train one "
+                            f"with eqkern.train_teacher(arch={cfg.teacher_arch!r}, width={cfg.width:g}, "
+                            f"out=PATH) (CLI: eqkern teacher) and pass teacher=PATH or "
+                            f"teacher_path=PATH")
     if isinstance(teacher, (str, os.PathLike)):
         teacher = load_teacher(teacher, map_location=device)
-    teacher = teacher.to(device).eval()
+    return teacher.to(device).eval()
+
+
+def teacher_targets(cfg: Preset, model: CRNN, teacher) -> Callable | None:
+    """For KD: ``(x, y) -> Targets(y, [teacher features of each augmented layer])`` with the
+    network of :func:`resolve_teacher`; else None."""
+    if teacher is None:
+        return None
+    from eqkern.training.teacher import match_features, teacher_features
+
     picks = match_features(teacher, model.state_shapes, cfg.augment_layers)
 
     def targets_of(x: torch.Tensor, y: torch.Tensor) -> Targets:

@@ -2,7 +2,8 @@
 
 Each section is a frozen dataclass of the fields one part of eqkern reads, with its types, its
 defaults and its choice lists (imported from the module that owns them, so every list is written
-once); ``validate()`` checks the types and choices, then runs that module's own checks:
+once); ``validate()`` checks the types and choices (:func:`check_fields`), then the values
+(``check_ranges()``: range, finiteness, consistency, each error naming the field and the value):
 
 * :class:`LabelSection`   name, source, notes
 * :class:`DataSection`    dataset, its augmentation, sizes and batch sizes        (eqkern.data)
@@ -14,7 +15,8 @@ once); ``validate()`` checks the types and choices, then runs that module's own 
 
 ``Preset`` inherits every section, so its fields stay flat (``cfg.t_free``, ``cfg.lr``).
 :func:`parse_field` reads a ``--set`` value by the field's declared type and :func:`check_field`
-checks a Python value; both raise a ``ValueError`` naming the field, the value and the type.
+checks a Python value; both raise an :class:`~eqkern.errors.ArgumentError` (a ``ValueError``)
+naming the field, the value and the type.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from fractions import Fraction
 from numbers import Integral, Real
 from typing import Any, Union
 
+from eqkern.errors import ArgumentError
+from eqkern.validate import as_float, as_int
 from eqkern.backends import BACKENDS
 from eqkern.backends.update_order import SCHEDULES
 from eqkern.data.datasets import DATASETS
@@ -42,8 +46,8 @@ from eqkern.training.kappa import make_schedule
 
 __all__ = ["LabelSection", "DataSection", "ModelSection", "PhaseSection", "OptimSection",
            "AugmentSection", "RunSection", "SECTIONS", "METHODS", "OPTIMIZERS", "SKIPS",
-           "AUGMENTS", "DATA_AUGMENTATIONS", "parse_field", "check_field", "describe_type",
-           "field_types"]
+           "AUGMENTS", "DATA_AUGMENTATIONS", "parse_field", "check_field", "check_fields",
+           "describe_type", "field_types", "choice", "MAX_SEED"]
 
 # The choice lists that no lower module owns (the others are imported above).
 METHODS = ("ep", "bptt", "bp")                  # bp: feed-forward backprop
@@ -53,6 +57,7 @@ AUGMENTS = ("none", "le", "kd", "kdw")
 DATA_AUGMENTATIONS = ("crop_flip", "none")
 
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
+MAX_SEED = 2**53  # seeds feed torch generators as seed * 1000 + epoch: far from their 64-bit limit
 
 
 def choice(options, default: Any = MISSING, *, positional: bool = False):
@@ -71,6 +76,9 @@ class LabelSection:
     def validate(self) -> None:
         check_fields(self, LabelSection)
 
+    def check_ranges(self) -> None:
+        """Free text: nothing beyond the types."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
@@ -84,6 +92,10 @@ class DataSection:
 
     def validate(self) -> None:
         check_fields(self, DataSection)
+        DataSection.check_ranges(self)
+
+    def check_ranges(self) -> None:
+        # train_size / test_size 0 would leave no data (a division by zero an epoch later).
         _at_least(self, 1, "batch_size", "eval_batch_size", "train_size", "test_size")
         _at_least(self, 0, "crop_padding")
 
@@ -111,9 +123,16 @@ class ModelSection:
 
     def validate(self) -> None:
         check_fields(self, ModelSection)
+        ModelSection.check_ranges(self)
+
+    def check_ranges(self) -> None:
         if not self.arch:
-            raise ValueError("arch must have at least one layer")
+            raise ArgumentError("arch must have at least one layer")
         _positive(self, "init_scale", "width")
+        _at_least(self, 2, "skip_every")  # a skip spans at least two layers
+        if not (math.isfinite(self.skip_p) and 0.0 <= self.skip_p <= 1.0):
+            raise ArgumentError(f"skip_p must be a probability in [0, 1], got {self.skip_p!r}")
+        as_int("skip_seed", self.skip_seed, minimum=0, maximum=MAX_SEED)
         self.skip_pairs()
 
 
@@ -134,11 +153,13 @@ class PhaseSection:
 
     def validate(self) -> None:
         check_fields(self, PhaseSection)
+        PhaseSection.check_ranges(self)
+
+    def check_ranges(self) -> None:
         _at_least(self, 1, "t_free", "t_nudge", "truncate")
-        if not math.isfinite(self.beta):
-            raise ValueError(f"beta must be a finite number, got {self.beta}")
-        if not (math.isfinite(self.leakage) and self.leakage >= 0.0):
-            raise ValueError(f"leakage must be a finite number >= 0, got {self.leakage}")
+        # Every EP estimate divides by beta (eqkern.learning.ep): refuse 0 here, not mid-run.
+        as_float("beta", self.beta, nonzero=self.method == "ep")
+        as_float("leakage", self.leakage, minimum=0.0)
         check_stop_args(self.tol, self.check_every)
 
 
@@ -154,9 +175,19 @@ class OptimSection:
 
     def validate(self) -> None:
         check_fields(self, OptimSection)
+        OptimSection.check_ranges(self)
+
+    def check_ranges(self) -> None:
         if not self.lr:
-            raise ValueError("lr must give at least one rate")
-        _at_least(self, 0.0, "momentum", "weight_decay", "lr_min")
+            raise ArgumentError("lr must give at least one rate")
+        for i, rate in enumerate(self.lr):
+            as_float("lr" if len(self.lr) == 1 else f"lr[{i}]", rate, minimum=0.0,
+                     exclusive_min=True)
+        # momentum 1 never forgets a gradient (and > 1 diverges): SGD needs [0, 1).
+        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise ArgumentError(f"momentum must be >= 0 and < 1, got {self.momentum!r}")
+        for name in ("weight_decay", "lr_min"):
+            as_float(name, getattr(self, name), minimum=0.0)
         _at_least(self, 1, "cosine_epochs")
 
 
@@ -176,9 +207,18 @@ class AugmentSection:
 
     def validate(self) -> None:
         check_fields(self, AugmentSection)
+        AugmentSection.check_ranges(self)
+
+    def check_ranges(self) -> None:
         if self.augment != "none" and not self.augment_layers:
-            raise ValueError(f"augment={self.augment!r} needs augment_layers")
+            raise ArgumentError(f"augment={self.augment!r} needs augment_layers")
+        if self.teacher_path is not None and self.augment not in ("kd", "kdw"):
+            raise ArgumentError(f"teacher_path={self.teacher_path!r} is set but "
+                                f"augment={self.augment!r} does not distil (only 'kd' and 'kdw' "
+                                f"read a teacher); drop teacher_path or set augment")
         _positive(self, "tau")
+        for name in ("kappa", "kappa_min", "kappa_gamma"):  # weights and a decay rate: >= 0
+            as_float(name, getattr(self, name), minimum=0.0)
         _at_least(self, 1, "kappa_epochs")
         make_schedule(self.kappa_schedule, self.kappa, total_epochs=self.kappa_epochs or 1,
                       kappa_min=self.kappa_min, gamma=self.kappa_gamma)
@@ -192,7 +232,11 @@ class RunSection:
 
     def validate(self) -> None:
         check_fields(self, RunSection)
+        RunSection.check_ranges(self)
+
+    def check_ranges(self) -> None:
         _at_least(self, 1, "epochs")
+        as_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
 
 
 # Bottom to top: the positional fields of a Preset are name, source, dataset, arch.
@@ -312,14 +356,14 @@ def parse_field(name: str, raw: str, types_: dict) -> Any:
     """The text ``raw`` of field ``name`` (``--set name=raw``) as its declared type."""
     tp, choices = types_[name]
     if name == "arch":
-        raise ValueError("--set arch: the architecture cannot be set from the command line; "
+        raise ArgumentError("--set arch: the architecture cannot be set from the command line; "
                          "use the Python API")
     try:
         value = _from_text(tp, raw)
     except _Mismatch:
         value = _Mismatch
     if value is _Mismatch or (choices and value is not None and value not in choices):
-        raise ValueError(f"--set {name}={raw!r}: expected {describe_type(tp, choices)}")
+        raise ArgumentError(f"--set {name}={raw!r}: expected {describe_type(tp, choices)}")
     return value
 
 
@@ -329,9 +373,9 @@ def check_field(name: str, value: Any, types_: dict) -> Any:
     try:
         value = _from_python(tp, value)
     except _Mismatch:
-        raise ValueError(f"{name} must be {describe_type(tp, text=False)}, got {value!r}") from None
+        raise ArgumentError(f"{name} must be {describe_type(tp, text=False)}, got {value!r}") from None
     if choices and value is not None and value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ArgumentError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
@@ -343,15 +387,16 @@ def check_fields(obj, section) -> None:
 
 
 
-def _at_least(obj, low, *names: str) -> None:
+def _at_least(obj, low: int, *names: str) -> None:
+    """Each int (or None) field ``names`` of ``obj`` is >= ``low`` (types: :func:`check_fields`).
+    Its own message rather than :func:`eqkern.validate.as_int`'s: ``"batch_size must be >= 1,
+    got 0"`` is the wording callers already match."""
     for name in names:
         value = getattr(obj, name)
         if value is not None and not value >= low:
-            raise ValueError(f"{name} must be >= {low}, got {value!r}")
+            raise ArgumentError(f"{name} must be >= {low}, got {value!r}")
 
 
 def _positive(obj, *names: str) -> None:
     for name in names:
-        value = getattr(obj, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        as_float(name, getattr(obj, name), minimum=0.0, exclusive_min=True)

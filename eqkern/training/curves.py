@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
-
-# A figure object from matplotlib.figure never touches pyplot's backend machinery, so these
-# plots work on machines with no display and never open a window, whatever MPLBACKEND says.
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Sequence
 
 from eqkern.training.checkpoint import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported where a figure is made, not with eqkern: it is half a second of every
+# `eqkern` start. A figure object from matplotlib.figure never touches pyplot's backend
+# machinery, so these plots work on machines with no display whatever MPLBACKEND says.
 
 __all__ = ["save_figure", "plot_training_curves", "plot_layer_curves"]
 
@@ -21,6 +22,8 @@ PANELS = (("accuracy (%)", ("train_acc", "test_acc")), ("loss", ("train_loss", "
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (:func:`eqkern.training.checkpoint.atomic_write`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     return atomic_write(path, FigureCanvasAgg(fig).print_png)
 
 
@@ -40,6 +43,8 @@ def _metric_panels(axes, history: Sequence[dict]) -> None:
 
 
 def _finish(fig: Figure, axes, path, title: str | None) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -60,6 +65,8 @@ def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *,
     Uses ``epoch`` if present (else 1, 2, ...), and whichever of ``train_acc``, ``test_acc``
     (already in %), ``train_loss``, ``test_loss`` appear; a panel with none of its keys says so.
     """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     _metric_panels(axes, history)
@@ -72,6 +79,8 @@ def plot_layer_curves(history: Sequence[dict], path: str | os.PathLike, *,
     equilibrium and per weight layer the mean |update| (Lin Fig. 5), from ``state_abs`` /
     ``update_abs`` lists in each record. Returns the PNG path."""
     epochs = _epochs(history)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     _metric_panels(axes[:2], history)

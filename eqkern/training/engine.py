@@ -11,22 +11,29 @@ made with another model, data or config) to the same result as an uninterrupted 
 mid-epoch after a Ctrl-C (:mod:`eqkern.training.interrupt`). For CRNNs each record has the
 per-layer mean |state| of the free equilibrium and mean |update|, and the settle steps; NaN/inf in
 either stops training naming the layer, and writes nothing, so the last good checkpoint stays.
+
+The output folder belongs to the run (:func:`eqkern.training.run_folder.claim`): locked for its
+life, refused when it holds another run unless ``resume`` or ``overwrite``, checked for
+writability first. On resume the learning-rate schedule may change (it is applied to the restored
+optimizer, see :meth:`_Run._apply_schedule`); other fields only when listed in ``allow_changes``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from eqkern.errors import (ArgumentError, ArgumentTypeError, CheckpointError, DivergenceError,
+                           RunFolderError)
 from eqkern.data.crop_flip import crop_flip
 from eqkern.data.datasets import DataSplit, iterate_batches
 from eqkern.learning.separate_feedback import weight_angles
@@ -34,32 +41,16 @@ from eqkern.model.crnn import CRNN
 from eqkern.training import checkpoint
 from eqkern.training.evaluation import check_finite
 from eqkern.training.interrupt import StopRequest
-from eqkern.training.metrics import MetricsWriter
 from eqkern.training.optim import make_optimizer, make_scheduler
+from eqkern.training.run_folder import Outputs, claim
 from eqkern.training.steps import make_step
+from eqkern.validate import as_bool, describe
 
 __all__ = ["fit", "Outputs"]
 
-
-@dataclass
-class Outputs:
-    """Where a run writes: its checkpoint and its metrics."""
-
-    checkpoint: Path
-    metrics: MetricsWriter
-
-    @classmethod
-    def folder(cls, out_dir: str | os.PathLike, title: str | None = None) -> "Outputs":
-        """``checkpoint.pt``, ``metrics.jsonl``, ``curves.png`` in ``out_dir``."""
-        out = Path(out_dir)
-        return cls(out / "checkpoint.pt", MetricsWriter(out / "metrics.jsonl", out / "curves.png", title))
-
-    @classmethod
-    def beside(cls, path: str | os.PathLike, title: str | None = None) -> "Outputs":
-        """The checkpoint ``path`` (``x.pt``), with ``x.metrics.jsonl`` and ``x.curves.png``."""
-        path = Path(path)
-        return cls(path, MetricsWriter(path.with_suffix(".metrics.jsonl"),
-                                       path.with_suffix(".curves.png"), title))
+# What a resume reads from a checkpoint (a file without one of them is named as such).
+_REQUIRED = ("config", "fingerprint", "epoch", "position", "history", "model", "optimizer",
+             "scheduler", "kappa_schedule", "rng")
 
 
 def fit(
@@ -72,6 +63,8 @@ def fit(
     kappa=None,
     out_dir: str | os.PathLike | Outputs | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: Iterable[str] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_batch: Callable[[int, int], None] | None = None,
@@ -89,15 +82,32 @@ def fit(
     every batch (0-based). ``targets_of(x, y)``: the targets of a batch (KD: teacher features).
     ``extra``: saved in every checkpoint as is (plain values). Each epoch ends with the step's
     own ``evaluate`` on the test split.
+
+    ``out_dir`` (a folder or an :class:`Outputs`) is this run's alone while it runs. A fresh run
+    into one that holds another run's checkpoint or metrics is refused, unless ``resume=True``
+    (continue it) or ``overwrite=True`` (remove its files first). ``allow_changes``: config
+    fields that may differ from the checkpoint's on resume (besides the epochs, backend and the
+    learning-rate schedule, which always may).
     """
+    resume, overwrite = as_bool("resume", resume), as_bool("overwrite", overwrite)
+    if resume and overwrite:
+        raise ArgumentError("resume=True and overwrite=True contradict each other: resume "
+                            "continues the run in the output folder, overwrite deletes it; pass one")
     torch.manual_seed(cfg.seed)
     step = step if step is not None else make_step(cfg)
     if not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = make_optimizer(model, cfg, optimizer)
-    run = _Run(model, data, cfg, step, optimizer, make_scheduler(optimizer, cfg), kappa,
-               out_dir if isinstance(out_dir, Outputs) or out_dir is None else Outputs.folder(out_dir),
+    if not isinstance(out_dir, (str, os.PathLike, Outputs, type(None))):
+        raise ArgumentTypeError(f"out_dir must be a folder path, an Outputs or None, got "
+                                f"{describe(out_dir)}")
+    out = out_dir if isinstance(out_dir, Outputs) or out_dir is None else Outputs.folder(out_dir)
+    run = _Run(model, data, cfg, step, optimizer, make_scheduler(optimizer, cfg), kappa, out,
                log, label, extra or {})
-    return run.fit(resume, progress, on_batch, targets_of)
+    allowed = run.allowed_changes(allow_changes)
+    held = (claim(out, resume=resume, overwrite=overwrite, log=log) if out is not None
+            else contextlib.nullcontext())
+    with held:
+        return run.fit(resume, allowed, progress, on_batch, targets_of)
 
 
 class _Run:
@@ -115,17 +125,28 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def fit(self, resume, progress, on_batch, targets_of) -> list[dict]:
+    def allowed_changes(self, names: Iterable[str]) -> frozenset[str]:
+        """``allow_changes`` checked against the config's fields (a single name may be a str)."""
+        try:
+            names = (names,) if isinstance(names, str) else tuple(names)
+        except TypeError:
+            raise ArgumentTypeError(f"allow_changes must be field names (e.g. {{'beta'}}), got "
+                                    f"{describe(names)}") from None
+        unknown = [n for n in names if n not in self.config]
+        if unknown:
+            raise ArgumentError(f"allow_changes names {', '.join(map(repr, unknown))}, not a "
+                                f"field of this config; its fields are: {', '.join(self.config)}")
+        return frozenset(names)
+
+    def fit(self, resume, allowed, progress, on_batch, targets_of) -> list[dict]:
         cfg, model, data = self.cfg, self.model, self.data
         start, position = 0, None
-        if self.out is not None:
-            self.out.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            if resume:
-                path = checkpoint.find(self.out.checkpoint, self.log)
-                if path is not None:
-                    start, position = self._restore(path)
-                    where = f"epoch {start + 1}" + (f", batch {position['batch'] + 1}" if position else "")
-                    self.log(f"resumed from {path} at {where}")
+        if self.out is not None and resume:
+            found = checkpoint.load_latest(self.out.checkpoint, self.log, required=_REQUIRED)
+            if found is not None:
+                start, position = self._restore(*found, allowed)
+                where = f"epoch {start + 1}" + (f", batch {position['batch'] + 1}" if position else "")
+                self.log(f"resumed from {found[1]} at {where}")
         dev = data.x_train.device
         gen, aug_gen = torch.Generator(device=dev), torch.Generator(device=dev)
         with StopRequest(self.log) as stop:
@@ -146,8 +167,9 @@ class _Run:
                 check_finite(model, f"epoch {epoch + 1}")
                 self.history.append(record)
                 if self.out is not None:  # before anything else can be interrupted
-                    self.out.metrics.write(self.history)
-                    checkpoint.save(self.out.checkpoint, self._payload())
+                    with self._writing(f"epoch {epoch + 1}"):
+                        self.out.metrics.write(self.history)
+                        checkpoint.save(self.out.checkpoint, self._payload())
                 self.log(self._summary(record))
                 if stop.requested:
                     raise KeyboardInterrupt
@@ -259,27 +281,99 @@ class _Run:
     def _save_position(self, position: dict) -> None:
         if self.out is None:
             return
-        path = checkpoint.save(self.out.checkpoint, self._payload(position))
+        with self._writing(f"epoch {position['epoch'] + 1}, batch {position['batch'] + 1}"):
+            path = checkpoint.save(self.out.checkpoint, self._payload(position))
         self.log(f"saved {path} at epoch {position['epoch'] + 1}, batch {position['batch'] + 1}: "
                  f"continue with resume=True (--resume)")
 
-    def _restore(self, path: Path) -> tuple[int, dict | None]:
-        ck = checkpoint.load(path)
-        saved = {**json.loads(ck["config"]), **json.loads(ck["fingerprint"])}
-        checkpoint.check_compatible(saved, {**self.config, **self.fingerprint}, where=str(path))
+    @contextlib.contextmanager
+    def _writing(self, when: str):
+        """A failed write of the outputs (a full disk) says where the run stands."""
+        try:
+            yield
+        except RunFolderError as exc:
+            last = self.out.checkpoint
+            raise RunFolderError(f"{exc}. The run stopped at {when}; the last complete checkpoint "
+                                 f"is {last} (or {checkpoint.prev_path(last).name}): continue with "
+                                 f"resume=True (--resume) once the folder can be written") from exc
+
+    def _restore(self, ck: dict, path: Path, allowed: frozenset[str]) -> tuple[int, dict | None]:
+        saved_config = json.loads(ck["config"])
+        saved = {**saved_config, **json.loads(ck["fingerprint"])}
+        checkpoint.check_compatible(
+            saved, {**self.config, **self.fingerprint}, where=str(path),
+            may_change=checkpoint.MAY_CHANGE | checkpoint.SCHEDULE_FIELDS | allowed)
+        start, position = int(ck["epoch"]), ck["position"]
+        if position is not None:
+            self._check_position(position, saved, path)
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.opt.param_groups]
+        fresh_sched = (self.sched.T_max, self.sched.eta_min) if self.sched is not None else None
         try:
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
         except Exception as exc:
-            raise RuntimeError(f"checkpoint {path} does not fit this model/optimizer "
+            raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer "
                                f"(was it written with other settings?): {exc}") from exc
         if self.sched is not None and ck["scheduler"] is not None:
             self.sched.load_state_dict(ck["scheduler"])
+        elif self.sched is not None:  # cosine switched on (allow_changes): it has run `start` epochs
+            self.sched.last_epoch = start
         if self.kappa is not None and ck["kappa_schedule"] is not None:
             self.kappa.load_state_dict(ck["kappa_schedule"])
         checkpoint.set_rng_states(ck["rng"])
         self.history = list(ck["history"])
-        return int(ck["epoch"]), ck["position"]
+        for key in checkpoint.changed_fields(saved_config, self.config):
+            how = (" (applied to the restored optimizer)" if key in checkpoint.SCHEDULE_FIELDS
+                   else " (allowed by allow_changes)" if key in allowed else "")
+            self.log(f"resume: {key} {_text(saved_config.get(key))} -> {_text(self.config[key])}{how}")
+        self._apply_schedule(fresh_groups, fresh_sched, start)
+        if path != self.out.checkpoint and self.out.checkpoint.exists():
+            kept = checkpoint.set_aside(self.out.checkpoint)
+            self.log(f"kept the unreadable {self.out.checkpoint.name} as {kept.name}")
+        return start, position
+
+    def _check_position(self, position: dict, saved: dict, path: Path) -> None:
+        """A mid-epoch position continues the saved batch order: only with the same batches."""
+        bs, data = self.config.get("batch_size"), self.fingerprint["data"]
+        n_batches = math.ceil(len(self.data.y_train) / self.cfg.batch_size)
+        if saved.get("batch_size") != bs or saved.get("data") != data or position["batch"] + 1 >= n_batches:
+            raise CheckpointError(
+                f"checkpoint {path} was saved mid-epoch (epoch {position['epoch'] + 1}, after batch "
+                f"{position['batch'] + 1}, with batch_size {saved.get('batch_size')} on data "
+                f"{saved.get('data')}); it cannot continue with batch_size {bs} on data {data} "
+                f"(other batches): resume with the batch_size and data it was made with")
+
+    def _apply_schedule(self, fresh_groups: list[dict], fresh_sched: tuple | None, epoch: int) -> None:
+        """Make the restored optimizer and scheduler follow this config's learning-rate schedule.
+
+        The choice: from epoch ``epoch`` on, the run uses the rates an uninterrupted run with the
+        new schedule would use there. Each param group gets the new base rate (``initial_lr``,
+        and the scheduler's ``base_lrs``), momentum and weight decay; the cosine its new
+        ``eta_min`` and period ``T_max`` (which follows ``epochs`` when ``cosine_epochs`` is
+        None); the current rate is the new cosine's closed form at ``epoch`` (the constant rate
+        without a scheduler). Momentum buffers are kept: they are the run's state. Nothing is
+        touched when nothing differs, so a plain resume stays bit-identical."""
+        groups, sched = self.opt.param_groups, self.sched
+        for g, new in zip(groups, fresh_groups):
+            for key in ("momentum", "weight_decay"):
+                if key in g and key in new:
+                    g[key] = new[key]
+        base = [new.get("initial_lr", new["lr"]) for new in fresh_groups]
+        if sched is None:
+            for g, lr in zip(groups, base):
+                g["lr"] = lr
+            return
+        t_max, eta_min = fresh_sched
+        if list(sched.base_lrs) == base and sched.eta_min == eta_min and sched.T_max == t_max:
+            return
+        if sched.T_max != t_max:
+            self.log(f"resume: cosine period T_max {sched.T_max} -> {t_max} epochs (applied to the "
+                     f"restored scheduler)")
+        sched.base_lrs, sched.eta_min, sched.T_max = base, eta_min, t_max
+        lrs = [eta_min + (b - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2 for b in base]
+        for g, b, lr in zip(groups, base, lrs):
+            g["initial_lr"], g["lr"] = b, lr
+        sched._last_lr = lrs  # what get_last_lr() reports until the next step
 
 
 def _check_step(model: CRNN, s_abs: torch.Tensor, u_abs: torch.Tensor, where: str) -> None:
@@ -287,10 +381,17 @@ def _check_step(model: CRNN, s_abs: torch.Tensor, u_abs: torch.Tensor, where: st
     if not bool(torch.isfinite(s_abs).all() & torch.isfinite(u_abs).all()):
         for i, v in enumerate(s_abs.tolist()):
             if not math.isfinite(v):
-                raise FloatingPointError(f"training diverged: state layer {i} ({model.specs[i]}) is "
+                raise DivergenceError(f"training diverged: state layer {i} ({model.specs[i]}) is "
                                          f"not finite at {where}; the last checkpoint is kept")
         for i, v in enumerate(u_abs.tolist()):
             if not math.isfinite(v):
                 name = "read-out" if i == len(model.connections) else f"layer {i} ({model.specs[i]})"
-                raise FloatingPointError(f"training diverged: the EP update of {name} is not finite "
+                raise DivergenceError(f"training diverged: the EP update of {name} is not finite "
                                          f"at {where}; the last checkpoint is kept")
+
+
+def _text(v: Any) -> str:
+    """A config value for the log: ``0.05`` for a one-rate list, ``0.2,0.1`` for several."""
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v)

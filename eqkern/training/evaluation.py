@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eqkern.errors import DivergenceError
 from eqkern.data.datasets import iterate_batches
 from eqkern.dynamics.settle import free_phase
 from eqkern.model import energy
@@ -49,4 +50,4 @@ def check_finite(model: nn.Module, where: str) -> None:
     """Stop training with a message naming the parameter when a weight became NaN/inf."""
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
-            raise FloatingPointError(f"training diverged: {name} is not finite after {where}")
+            raise DivergenceError(f"training diverged: {name} is not finite after {where}")

@@ -19,6 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from eqkern.errors import ArgumentError
+from eqkern.validate import as_float, as_int
+
 __all__ = ["KappaSchedule", "ConstantKappa", "LinearKappa", "ExponentialKappa", "CosineKappa",
            "StepKappa", "SCHEDULES", "make_schedule"]
 
@@ -36,15 +39,19 @@ class KappaSchedule:
 
     def _check_epoch(self, epoch: int) -> int:
         if int(epoch) != epoch or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+            raise ArgumentError(f"epoch must be a non-negative integer, got {epoch!r}")
         return int(epoch)
 
     def state_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"state_dict is of a {state.get('name')!r} schedule, not {self.name!r}")
+        if not isinstance(state, dict) or state.get("name") != self.name:
+            got = state.get("name") if isinstance(state, dict) else type(state).__name__
+            raise ArgumentError(f"state_dict is of a {got!r} schedule, not {self.name!r}")
+        missing = [f.name for f in fields(self) if f.name not in state]
+        if missing:
+            raise ArgumentError(f"state_dict of the {self.name} schedule has no {', '.join(missing)}")
         for f in fields(self):
             setattr(self, f.name, type(getattr(self, f.name))(state[f.name]))
 
@@ -107,12 +114,18 @@ SCHEDULES: dict[str, type[KappaSchedule]] = {
 def make_schedule(name: str, kappa_init: float, *, total_epochs: int = 250, kappa_min: float = 0.0,
                   gamma: float = 0.02, every: int = 50, factor: float = 0.5) -> KappaSchedule:
     """A schedule by name (``constant``, ``linear``, ``exponential``, ``cosine``, ``step``);
-    arguments that the named schedule does not use are ignored."""
+    arguments that the named schedule does not use are ignored (but still type-checked).
+    ArgumentError naming the argument for a value no schedule could use (``every=0`` would
+    divide by zero, a NaN κ would reach the energy)."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown kappa schedule {name!r}; known: {', '.join(SCHEDULES)}")
-    if name in ("linear", "cosine") and total_epochs <= 0:
-        raise ValueError(f"the {name} schedule needs total_epochs > 0, got {total_epochs}")
-    kw = {"total_epochs": int(total_epochs), "kappa_min": float(kappa_min), "gamma": float(gamma),
-          "every": int(every), "factor": float(factor)}
+        raise ArgumentError(f"unknown kappa schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    if name in ("linear", "cosine"):
+        total_epochs = as_int("total_epochs", total_epochs, minimum=1)
+    kw = {"total_epochs": as_int("total_epochs", total_epochs),
+          "kappa_min": as_float("kappa_min", kappa_min),
+          "gamma": as_float("gamma", gamma),
+          "every": as_int("every", every, minimum=1),
+          "factor": as_float("factor", factor, minimum=0.0)}
     cls = SCHEDULES[name]
-    return cls(float(kappa_init), **{f.name: kw[f.name] for f in fields(cls) if f.name in kw})
+    return cls(as_float("kappa_init", kappa_init),
+               **{f.name: kw[f.name] for f in fields(cls) if f.name in kw})

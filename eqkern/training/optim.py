@@ -12,7 +12,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.model.crnn import CRNN
+from eqkern.validate import as_float, describe
 
 __all__ = ["param_groups", "layer_rates", "model_groups", "make_optimizer", "make_scheduler"]
 
@@ -28,7 +30,8 @@ def param_groups(model: CRNN, lr: float | Sequence[float]) -> list[dict]:
     modules = model.weight_layers()
     rates = [lr] * len(modules) if isinstance(lr, (int, float)) else list(lr)
     if len(rates) != len(modules):
-        raise ValueError(f"lr has {len(rates)} rates, the model has {len(modules)} weight layers")
+        raise ArgumentError(f"lr has {len(rates)} rates, the model has {len(modules)} weight layers")
+    rates = [as_float(f"lr[{i}]", r, minimum=0.0, exclusive_min=True) for i, r in enumerate(rates)]
     groups = [{"params": _trainable(m.parameters()), "lr": r} for m, r in zip(modules, rates)]
     for i in range(1, model.num_layers if model.separate_feedback else 0):
         groups[i]["params"] += _trainable([model.feedback_weight(i)])
@@ -79,7 +82,7 @@ def make_optimizer(model: nn.Module, cfg: Any, optimizer=None) -> torch.optim.Op
             return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=wd)
         if name == "adam":
             return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=wd)
-        raise ValueError(f"unknown optimizer {name!r}; use 'sgd', 'adam' or a torch.optim class")
+        raise ArgumentError(f"unknown optimizer {name!r}; use 'sgd', 'adam' or a torch.optim class")
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         params = inspect.signature(optimizer).parameters
         kw: dict[str, Any] = {}
@@ -89,8 +92,12 @@ def make_optimizer(model: nn.Module, cfg: Any, optimizer=None) -> torch.optim.Op
             kw["momentum"] = momentum
         return optimizer(groups, **kw)
     if callable(optimizer):
-        return optimizer(groups)
-    raise TypeError(f"optimizer must be None, a name, a torch.optim class or a callable, got {optimizer!r}")
+        opt = optimizer(groups)
+        if not isinstance(opt, torch.optim.Optimizer):  # else the first step fails far from here
+            raise ArgumentTypeError(f"optimizer(groups) must return a torch.optim.Optimizer, got "
+                                    f"{describe(opt)}")
+        return opt
+    raise ArgumentTypeError(f"optimizer must be None, a name, a torch.optim class or a callable, got {optimizer!r}")
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Any):

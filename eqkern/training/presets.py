@@ -27,10 +27,12 @@ import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
+from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.model.crnn import Conv, Linear, LayerSpec
 from eqkern.training.config import (SECTIONS, AugmentSection, DataSection, LabelSection,
                                     ModelSection, OptimSection, PhaseSection, RunSection,
                                     check_field, describe_type, field_types, parse_field)
+from eqkern.validate import as_float
 
 __all__ = ["Preset", "PRESETS", "TrainConfig", "get_preset", "list_presets", "parse_overrides",
            "format_presets", "field_rows", "vgg_arch", "scale_arch", "expand_lr"]
@@ -77,9 +79,9 @@ class Preset(RunSection, AugmentSection, OptimSection, PhaseSection, ModelSectio
         for section in SECTIONS:
             section.validate(self)
         if self.rule in ("vf", "kp-vf") and self.feedback != "separate":
-            raise ValueError(f"rule={self.rule!r} needs feedback='separate'")
+            raise ArgumentError(f"rule={self.rule!r} needs feedback='separate'")
         if any(not 0 <= i < len(self.arch) for i in self.augment_layers):
-            raise ValueError(f"augment_layers {self.augment_layers} must name state layers "
+            raise ArgumentError(f"augment_layers {self.augment_layers} must name state layers "
                              f"0..{len(self.arch) - 1}")
         self.learning_rates()
 
@@ -104,8 +106,7 @@ def vgg_arch(blocks: Sequence[Sequence[int]], fc: Sequence[int], *, conv_act: st
 
 def scale_arch(arch: Sequence[LayerSpec], width: float, *, keep_last: bool = False) -> tuple[LayerSpec, ...]:
     """Every Conv's channels and Linear's units times ``width`` (at least 1)."""
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+    width = as_float("width", width, minimum=0.0, exclusive_min=True)
     out = []
     for i, s in enumerate(arch):
         if keep_last and i == len(arch) - 1:
@@ -122,7 +123,7 @@ def expand_lr(lr: Sequence[float] | float, n: int) -> list[float]:
     if len(rates) == 1:
         return rates * n
     if len(rates) != n:
-        raise ValueError(f"lr has {len(rates)} rates but the model has {n} weight layers "
+        raise ArgumentError(f"lr has {len(rates)} rates but the model has {n} weight layers "
                          f"(connections + read-out); give one rate or {n}")
     return rates
 
@@ -322,7 +323,7 @@ def get_preset(name: str | Preset, **overrides: Any) -> Preset:
         base = name
     else:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+            raise ArgumentError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
         base = PRESETS[name]
     for key in overrides:
         _check_known(key)
@@ -347,7 +348,7 @@ def _check_known(key: str) -> None:
     if key not in _TYPES:
         close = difflib.get_close_matches(key, _TYPES, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"fields: {', '.join(_TYPES)}"
-        raise ValueError(f"unknown preset field {key!r}; {hint}")
+        raise ArgumentError(f"unknown preset field {key!r}; {hint}")
 
 
 def parse_overrides(items: Sequence[str], base: Preset | None = None) -> dict[str, Any]:
@@ -356,10 +357,12 @@ def parse_overrides(items: Sequence[str], base: Preset | None = None) -> dict[st
     (or ``1``/``0``), ints, numbers (``1/8`` too), ``none`` where a field may be None, comma
     lists (``0.03,0.05``), and for choice fields only their choices. A ValueError names the
     field, the value and the expected type. ``base`` is not needed (kept for old callers)."""
+    if isinstance(items, str):  # one string would be read character by character
+        raise ArgumentTypeError(f"items must be a list of 'key=value' strings, got {items!r}")
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+        if not isinstance(item, str) or "=" not in item:
+            raise ArgumentError(f"--set expects key=value, got {item!r}")
         key, raw = (t.strip() for t in item.split("=", 1))
         _check_known(key)
         out[key] = parse_field(key, raw, _TYPES)

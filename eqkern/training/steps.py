@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eqkern.errors import ArgumentError
 from eqkern.learning.bptt import bptt_gradients
 from eqkern.learning.ep import ep_gradients
 from eqkern.training.evaluation import evaluate, evaluate_classifier
@@ -88,5 +89,5 @@ def make_step(cfg: Any):
     method = cfg.method
     steps = {"ep": EPStep, "bptt": BPTTStep, "bp": BackpropStep}
     if method not in steps:
-        raise ValueError(f"method must be 'ep', 'bptt' or 'bp', got {method!r}")
+        raise ArgumentError(f"method must be 'ep', 'bptt' or 'bp', got {method!r}")
     return steps[method](cfg)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Iterable
 
+from eqkern.errors import ArgumentError
 from eqkern.data.datasets import DataSplit
 from eqkern.model.crnn import CRNN
 from eqkern.training.engine import Outputs, fit
@@ -21,6 +22,8 @@ def train(
     *,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: Iterable[str] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_batch: Callable[[int, int], None] | None = None,
@@ -32,11 +35,14 @@ def train(
 
     With ``out_dir``: ``metrics.jsonl`` (one JSON line per epoch), ``curves.png`` and an atomic
     ``checkpoint.pt`` each epoch and at Ctrl-C (``resume=True`` continues from it, mid-epoch too,
-    to the same result as an uninterrupted run).
+    to the same result as an uninterrupted run). The folder is the run's alone: a fresh run into
+    one that holds another run is refused unless ``overwrite=True`` (its files are removed);
+    ``allow_changes``: config fields that may differ on resume (see
+    :func:`eqkern.training.engine.fit`).
     """
     if config.method not in ("ep", "bptt"):
-        raise ValueError(f"method must be 'ep' or 'bptt', got {config.method!r}")
+        raise ArgumentError(f"method must be 'ep' or 'bptt', got {config.method!r}")
     model.default_steps = config.t_free
     out = Outputs.folder(out_dir, f"eqkern {config.method.upper()}") if out_dir is not None else None
-    return fit(model, data, config, out_dir=out, resume=resume, progress=progress, log=log,
-               on_batch=on_batch)
+    return fit(model, data, config, out_dir=out, resume=resume, overwrite=overwrite,
+               allow_changes=allow_changes, progress=progress, log=log, on_batch=on_batch)

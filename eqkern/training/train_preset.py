@@ -6,7 +6,8 @@ step (``method``: EP with any rule/estimator, or BPTT), SGD + momentum + weight 
 ``torch.optim`` optimizer), cosine annealing and layer-wise rates, crop + flip, teacher features
 per batch for KD and ``model.kappa`` per epoch from the κ schedule (Lin eq. 14). With
 ``out_dir``: ``metrics.jsonl``, ``curves.png`` (Lin Fig. 5) and ``checkpoint.pt`` (+
-``checkpoint.prev.pt``) each epoch and at Ctrl-C; ``resume=True`` continues bit-identically.
+``checkpoint.prev.pt``) each epoch and at Ctrl-C; ``resume=True`` continues bit-identically,
+``overwrite=True`` starts again in a folder that holds a run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -54,6 +55,8 @@ def train_vgg(
     optimizer=None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: Iterable[str] = (),
     device: str | torch.device | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -67,23 +70,28 @@ def train_vgg(
     ``teacher``: for KD, a :class:`eqkern.training.teacher.VGG` or a checkpoint path (else the preset's
     ``teacher_path``). ``optimizer``: see :func:`eqkern.training.optim.make_optimizer`.
     ``on_batch(epoch, batch)`` is called after every batch (0-based; for progress hooks and tests).
+    ``out_dir`` is the run's alone: a fresh run into one that holds another run is refused
+    unless ``resume=True`` or ``overwrite=True``; ``allow_changes``: preset fields that may
+    differ from the checkpoint's on resume (see :func:`eqkern.training.engine.fit`).
     """
     cfg = build.resolve_preset(preset_or_config, overrides)
+    if data is not None:
+        data = build.limit_data(data, cfg, device)  # checked first; device None: where it is
     device = torch.device(device) if device is not None else (
         data.x_train.device if data is not None else
         torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher = build.resolve_teacher(cfg, teacher, device)  # a bad teacher fails before the data
     torch.manual_seed(cfg.seed)
     if data is None:
         data = load_dataset(cfg.dataset, data_root, device=device, limit_train=cfg.train_size,
                             limit_test=cfg.test_size)
-    else:
-        data = build.limit_data(data, cfg, device)
     model = build.build_model(cfg, data.input_shape, data.num_classes).to(device)
     model.default_steps = cfg.t_free
-    targets_of = build.teacher_targets(cfg, model, teacher, device)
+    targets_of = build.teacher_targets(cfg, model, teacher)
     out = (Outputs.folder(out_dir, f"eqkern {cfg.name} (width {cfg.width:g})")
            if out_dir is not None else None)
     history = fit(model, data, cfg, optimizer=make_optimizer(model, cfg, optimizer),
                   kappa=build.make_kappa_schedule(cfg), out_dir=out, resume=resume,
-                  progress=progress, log=log, on_batch=on_batch, targets_of=targets_of)
+                  overwrite=overwrite, allow_changes=allow_changes, progress=progress, log=log,
+                  on_batch=on_batch, targets_of=targets_of)
     return TrainResult(cfg, history, model, Path(out_dir) if out_dir is not None else None)

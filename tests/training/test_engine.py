@@ -222,3 +222,45 @@ def test_old_or_foreign_checkpoint_is_named(tmp_path):
                                            r"\(found 'eqkern.train_vgg/1'\)"):
         train(small_crnn(), fake_data((1, 16, 16), n=8), TrainConfig(epochs=1), out_dir=tmp_path,
               resume=True, **QUIET)
+
+
+# --- the run folder and the schedule on resume ------------------------------------------------
+
+def test_outputs_lock_beside_their_checkpoint(tmp_path):
+    from eqkern.training.engine import Outputs
+    from eqkern.training.run_folder import Outputs as RunOutputs
+
+    assert Outputs is RunOutputs  # still importable from the engine
+    assert Outputs.folder(tmp_path / "run").lock == tmp_path / "run" / "run.lock"
+    beside = Outputs.beside(tmp_path / "t.pt")
+    assert beside.lock == tmp_path / "t.pt.lock" and beside.place == tmp_path / "t.pt"
+
+
+def test_run_lock_released_on_keyboard_interrupt(tmp_path):
+    from eqkern.errors import RunFolderError
+    from eqkern.training.run_folder import RunLock
+
+    lock = tmp_path / "run.lock"
+    with pytest.raises(KeyboardInterrupt):
+        with RunLock(lock, "first"):
+            with pytest.raises(RunFolderError, match=rf"pid {os.getpid()} .*command: first"):
+                with RunLock(lock, "second"):
+                    pass
+            raise KeyboardInterrupt
+    assert not (tmp_path / "run.lock.owner.json").exists()
+    with RunLock(lock):  # free again
+        pass
+
+
+def test_extended_run_follows_the_new_cosine_period(tmp_path):
+    """epochs 1 -> 2 on resume (cosine_epochs None): the period T_max becomes 2, so epoch 2 runs
+    at the rate of an uninterrupted 2-epoch run, not at the end of the old 1-epoch cosine."""
+    data = fake_data((1, 16, 16), n=16)
+    kw = dict(batch_size=8, t_free=2, t_nudge=1, lr=0.05)
+    straight = train(small_crnn(), data, TrainConfig(epochs=2, **kw), out_dir=tmp_path / "a", **QUIET)
+    train(small_crnn(), data, TrainConfig(epochs=1, **kw), out_dir=tmp_path / "b", **QUIET)
+    logs: list[str] = []
+    resumed = train(small_crnn(), data, TrainConfig(epochs=2, **kw), out_dir=tmp_path / "b",
+                    resume=True, progress=False, log=logs.append)
+    assert resumed[1]["lr"] == pytest.approx(straight[1]["lr"], rel=1e-12)
+    assert any("T_max 1 -> 2" in s for s in logs) and any("epochs 1 -> 2" in s for s in logs)

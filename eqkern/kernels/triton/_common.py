@@ -20,6 +20,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from eqkern.errors import ArgumentError, ArgumentTypeError
 
 # Same test as triton's decorator, at the same moment (import), so the two always agree.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -33,7 +34,7 @@ INDEX = tl.int64 if INTERPRET else tl.int32
 # interpreter assume) or, on a GPU, "tf32" / "tf32x3" for tensor cores at reduced precision.
 DOT_PRECISION = os.environ.get("EQKERN_TRITON_FP32_DOT", "ieee")
 if DOT_PRECISION not in ("ieee", "tf32", "tf32x3"):
-    raise ValueError(f"EQKERN_TRITON_FP32_DOT must be ieee, tf32 or tf32x3, got {DOT_PRECISION!r}")
+    raise ArgumentError(f"EQKERN_TRITON_FP32_DOT must be ieee, tf32 or tf32x3, got {DOT_PRECISION!r}")
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
               torch.float32: tl.float32, torch.float64: tl.float64}
@@ -42,7 +43,7 @@ SUPPORTED_DTYPES = tuple(_TL_DTYPES)
 
 def check_dtype(name: str, t: torch.Tensor) -> None:
     if t.dtype not in _TL_DTYPES:
-        raise TypeError(f"{name} has dtype {t.dtype}; the triton kernels take "
+        raise ArgumentTypeError(f"{name} has dtype {t.dtype}; the triton kernels take "
                         f"{[str(d) for d in SUPPORTED_DTYPES]}")
 
 
@@ -102,7 +103,7 @@ def check_int32(*tensors: torch.Tensor) -> None:
     """Kernels index with int32 offsets: refuse tensors of 2**31 elements or more."""
     for t in tensors:
         if t is not None and t.numel() >= 2**31:
-            raise ValueError(f"tensor of {t.numel()} elements is too large for int32 indexing")
+            raise ArgumentError(f"tensor of {t.numel()} elements is too large for int32 indexing")
 
 
 @triton.jit

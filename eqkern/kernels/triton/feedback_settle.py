@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eqkern.errors import ArgumentError
 from eqkern.model.specs import conv_output_size
 from eqkern.kernels.triton._common import (INDEX, NUM_WARPS, acc_dtype, activate, check_dtype, check_int32,
                       dot_dtype, dot_precision, gemm_blocks, split_scalar)
@@ -113,24 +114,24 @@ def feedback_settle_triton(
     of :func:`_feedback_settle_kernel` (``state``: 4-D, contiguous; see the module docstring)."""
     check_dtype("state", state)
     if state.dim() != 4 or not state.is_contiguous():
-        raise ValueError(f"feedback_settle: state must be a contiguous 4-D tensor, got "
+        raise ArgumentError(f"feedback_settle: state must be a contiguous 4-D tensor, got "
                          f"{tuple(state.shape)} (contiguous={state.is_contiguous()})")
     for name, t in (("u", u), ("nudge", nudge)):
         if t is not None and (t.shape != state.shape or t.dtype != state.dtype):
-            raise ValueError(f"feedback_settle: {name} {tuple(t.shape)} {t.dtype} does not match "
+            raise ArgumentError(f"feedback_settle: {name} {tuple(t.shape)} {t.dtype} does not match "
                              f"state {tuple(state.shape)} {state.dtype}")
     bsz, c, h, w = state.shape
     has_d = s_up is not None
     pool = idx is not None
     if has_d:
         if weight is None or weight.dim() != 4 or weight.shape[1] != c or s_up.dim() != 4:
-            raise ValueError("feedback_settle: s_up needs a (CO, C, k, k) weight and 4-D s_up")
+            raise ArgumentError("feedback_settle: s_up needs a (CO, C, k, k) weight and 4-D s_up")
         co, ks = weight.shape[0], weight.shape[2]
         ho, wo = conv_output_size(h, w, ks, padding)
         hp, wp = s_up.shape[2], s_up.shape[3]
         expect = (bsz, co, ho // 2, wo // 2) if pool else (bsz, co, ho, wo)
         if tuple(s_up.shape) != expect or (pool and idx.shape != s_up.shape):
-            raise ValueError(f"feedback_settle: s_up {tuple(s_up.shape)} (idx "
+            raise ArgumentError(f"feedback_settle: s_up {tuple(s_up.shape)} (idx "
                              f"{None if idx is None else tuple(idx.shape)}) expected {expect}")
         s_up, weight = s_up.contiguous(), weight.contiguous()
         idx = idx.contiguous() if pool else None

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eqkern.errors import ArgumentError
 from eqkern.model.specs import conv_output_size
 from eqkern.kernels.triton._common import (INDEX, INTERPRET, NUM_WARPS, acc_dtype, check_dtype, check_int32,
                       dot_dtype, dot_precision, gemm_blocks)
@@ -136,14 +137,14 @@ def forward_pool_triton(
     check_dtype("x", x)
     if (x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != x.shape[1]
             or weight.shape[2] != weight.shape[3]):
-        raise ValueError(f"forward_pool: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not "
+        raise ArgumentError(f"forward_pool: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not "
                          "form a (B, C, H, W) * (CO, C, k, k) convolution")
     if weight.dtype != x.dtype or bias.dtype != x.dtype or bias.shape != (weight.shape[0],):
-        raise ValueError("forward_pool: weight and bias must match x's dtype, bias of shape (CO,)")
+        raise ArgumentError("forward_pool: weight and bias must match x's dtype, bias of shape (CO,)")
     x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
     bsz, co, ho, wo, hp, wp = out_shape(x.shape, weight.shape, padding, pool)
     if hp < 1 or wp < 1:
-        raise ValueError(f"forward_pool: empty output map for x {tuple(x.shape)}, padding {padding}")
+        raise ArgumentError(f"forward_pool: empty output map for x {tuple(x.shape)}, padding {padding}")
     y = torch.empty((bsz, co, hp, wp), dtype=x.dtype, device=x.device)
     idx = torch.empty((bsz, co, hp, wp) if pool else (0,), dtype=torch.int64, device=x.device)
     check_int32(x, y)

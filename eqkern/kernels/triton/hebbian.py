@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eqkern.errors import ArgumentError
 from eqkern.model.specs import conv_output_size
 from eqkern.kernels.triton._common import (INDEX, INTERPRET, NUM_WARPS, acc_dtype, block, check_dtype, check_int32,
                       dot_dtype, dot_precision, split_scalar)
@@ -148,18 +149,18 @@ def hebbian_triton(
     check_dtype("in_a", in_a)
     pool = idx_a is not None
     if (idx_b is not None) != pool:
-        raise ValueError("hebbian: give both pool indices or neither")
+        raise ArgumentError("hebbian: give both pool indices or neither")
     if in_a.dim() != 4 or in_a.shape != in_b.shape or out_a.shape != out_b.shape or out_a.dim() != 4:
-        raise ValueError(f"hebbian: inputs {tuple(in_a.shape)}/{tuple(in_b.shape)} and outputs "
+        raise ArgumentError(f"hebbian: inputs {tuple(in_a.shape)}/{tuple(in_b.shape)} and outputs "
                          f"{tuple(out_a.shape)}/{tuple(out_b.shape)} must be 4-D pairs of equal shape")
     if len({in_a.dtype, in_b.dtype, out_a.dtype, out_b.dtype}) != 1:
-        raise ValueError("hebbian: inputs and outputs must share one dtype")
+        raise ArgumentError("hebbian: inputs and outputs must share one dtype")
     bsz, c, h, w = in_a.shape
     co, hp, wp = out_a.shape[1:]
     ho, wo = conv_output_size(h, w, kernel_size, padding)
     expect = (bsz, co, ho // 2, wo // 2) if pool else (bsz, co, ho, wo)
     if tuple(out_a.shape) != expect or (pool and (idx_a.shape != out_a.shape or idx_b.shape != out_a.shape)):
-        raise ValueError(f"hebbian: outputs {tuple(out_a.shape)} expected {expect} (and idx alike)")
+        raise ArgumentError(f"hebbian: outputs {tuple(out_a.shape)} expected {expect} (and idx alike)")
     in_a, in_b, out_a, out_b = (t.contiguous() for t in (in_a, in_b, out_a, out_b))
     if pool:
         idx_a, idx_b = idx_a.contiguous(), idx_b.contiguous()
