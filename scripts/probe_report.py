@@ -11,7 +11,9 @@ script only classifies instead of asserting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -48,7 +50,9 @@ def main() -> int:
         for probe in probes:
             if args.k and args.k not in name and args.k not in probe.id:
                 continue
-            with tempfile.TemporaryDirectory() as folder:
+            # the probes' own prints and progress bars are not the report
+            with tempfile.TemporaryDirectory() as folder, \
+                    contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 t0 = time.perf_counter()
                 category, detail = outcome(probe, Path(folder))
             counts[category] += 1
