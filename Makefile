@@ -13,7 +13,7 @@ NATIVE_SRC  := $(shell find csrc -type f) setup.py pyproject.toml
 
 export MAX_JOBS CUDA_HOME
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench gpu-check install clean
 
 $(VENV)/.deps-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ bench: install
 	mkdir -p bench/results
 	$(VPY) -m pytest bench -q --benchmark-json=bench/results/latest.json
 	$(VPY) bench/report.py bench/results/latest.json --png bench/results/latest.png | tee bench/results/latest.md
+
+# On a GPU machine: GPU tests, backend agreement on cuda, compute-sanitizer, benchmarks and the
+# Triton register report in < 8 min (scripts/gpu_check.py); without a GPU it stops at once, exit 2.
+# Refuses at once, before any install or build, where the driver sees no GPU.
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make gpu-check: no CUDA GPU visible (nvidia-smi lists none): this check needs one; on a CPU machine run make test" >&2; exit 2; }
+	$(MAKE) install
+	$(VPY) scripts/gpu_check.py --out bench/results/gpu-check
 
 clean:
 	rm -rf build *.egg-info eqkern/_C*.so eqkern/_build_info.json $(VENV)/.build-stamp

@@ -7,9 +7,24 @@ ratios against ``reference``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+
+def _apply_interpret_default() -> str:
+    """tests/interpret_default.py's TRITON_INTERPRET default (interpreter only without a CUDA
+    device; the environment wins), loaded by path so that bench/ needs no sys.path change and
+    `from conftest import SIZES` keeps meaning this file."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "interpret_default.py"
+    spec = importlib.util.spec_from_file_location("eqkern_tests_interpret_default", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.apply()
+
+
+# Read at @triton.jit decoration time, so it must be set before anything imports eqkern.
+_apply_interpret_default()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -5,7 +5,9 @@ Usage: python bench/report.py bench/results/latest.json [--png bench/results/lat
 Per group (one op and size), each provider's median time (per step for phase benchmarks, whose
 ``extra_info["steps"]`` says how many steps were timed), its speed-up against ``reference`` and
 its ratio to the conv floor (the fastest ``conv-floor*`` provider of the group), headed by what a
-reader needs to compare runs: git revision, torch version, device, threads.
+reader needs to compare runs: git revision, torch version, device, threads. Entries that say
+which arithmetic they used (bench/bench_triton.py's ``extra_info["math"]``, else the policy's
+``extra_info["precision"]["fp32_math"]``) get a precision column.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ def load(path: str) -> tuple[dict, dict[str, dict[str, float]]]:
     return data, groups
 
 
+def precisions(data: dict) -> dict[tuple[str, str], str]:
+    """(group, provider) -> the arithmetic the entry says it used; empty for older files."""
+    out = {}
+    for b in data["benchmarks"]:
+        extra = b.get("extra_info", {})
+        math = extra.get("math") or (extra.get("precision") or {}).get("fp32_math")
+        if math:
+            out[(b["group"], b["params"]["provider"])] = math
+    return out
+
+
 def header(data: dict) -> str:
     extra = next((b.get("extra_info", {}) for b in data["benchmarks"]), {})
     commit = data.get("commit_info", {})
@@ -34,9 +47,13 @@ def header(data: dict) -> str:
             f"{extra.get('threads', '?')} threads, {data.get('datetime', '')[:19]}")
 
 
-def table(groups: dict[str, dict[str, float]]) -> str:
-    lines = ["| benchmark | provider | median (s, per step for phases) | speed-up vs reference | time / conv floor |",
-             "| --- | --- | --- | --- | --- |"]
+def table(groups: dict[str, dict[str, float]],
+          precision: dict[tuple[str, str], str] | None = None) -> str:
+    """One row per (group, provider), slowest first; a precision column when ``precision`` has
+    any entry."""
+    cols = ["benchmark", "provider", *(["precision"] if precision else []),
+            "median (s, per step for phases)", "speed-up vs reference", "time / conv floor"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for group, times in sorted(groups.items()):
         ref = times.get("reference")
         floors = [t for p, t in times.items() if p.startswith("conv-floor")]
@@ -44,7 +61,9 @@ def table(groups: dict[str, dict[str, float]]) -> str:
         for provider, t in sorted(times.items(), key=lambda kv: -kv[1]):
             speed = f"{ref / t:.2f}×" if ref else "–"
             to_floor = f"{t / floor:.2f}×" if floor and not provider.startswith("conv-floor") else "–"
-            lines.append(f"| {group} | {provider} | {t:.4f} | {speed} | {to_floor} |")
+            math = [precision.get((group, provider), "–")] if precision else []
+            lines.append("| " + " | ".join([group, provider, *math, f"{t:.4f}", speed, to_floor])
+                         + " |")
     return "\n".join(lines)
 
 
@@ -79,7 +98,7 @@ def main() -> None:
     data, groups = load(args.json)
     print(header(data))
     print()
-    print(table(groups))
+    print(table(groups, precisions(data)))
     if args.png:
         plot(groups, args.png)
         print(f"\nwrote {args.png}")

@@ -33,12 +33,19 @@ try:
                             make_schedule)
     from eqkern.training.teacher import load_teacher, teacher_features, train_teacher
     from eqkern.training.train_preset import TrainResult, train_vgg
-except KeyboardInterrupt:
-    # Ctrl-C while the command line is still importing torch: a one-line exit, not a traceback
-    # through the import machinery (a library import elsewhere keeps Python's usual behaviour).
-    if _os.path.basename(_sys.argv[0]) in ("eqkern", "-m"):
+except (KeyboardInterrupt, Exception) as _exc:
+    # For the command line, Ctrl-C while it still imports torch, or a bad setting read at import
+    # (e.g. $EQKERN_TF32=banana), is one line, not a traceback through the import machinery;
+    # an import from a user's program keeps Python's usual behaviour.
+    from eqkern.errors import EqkernError as _EqkernError
+
+    _cli = _os.path.basename(_sys.argv[0]) in ("eqkern", "-m")
+    if _cli and isinstance(_exc, KeyboardInterrupt):
         print("eqkern: interrupted while starting; nothing was run", file=_sys.stderr)
         raise SystemExit(130) from None
+    if _cli and isinstance(_exc, _EqkernError):
+        print(f"eqkern: error: {_exc}", file=_sys.stderr)
+        raise SystemExit(2) from None
     raise
 
 

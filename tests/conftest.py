@@ -7,16 +7,22 @@ Two markers narrow the list at collection (a backend left out is not a test, so 
 * ``vs_reference``: the test compares a backend with ``reference``, so ``reference`` itself is
   left out;
 * ``slow_in_interpreter``: full-length phases, which the Triton interpreter would take minutes
-  over on CPU; triton is left out there (its short-phase versions of the same checks are in
-  tests/backends/test_triton_backend.py) and runs on a GPU machine.
+  over on CPU; triton is left out when TRITON_INTERPRET=1 (its short-phase versions of the same
+  checks are in tests/backends/test_triton_backend.py).
+
+TRITON_INTERPRET defaults to 1 only where no CUDA device is visible (tests/interpret_default.py).
 """
 
 from __future__ import annotations
 
 import os
 
-# Read at @triton.jit decoration time, so it must be set before anything imports eqkern.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from interpret_default import apply as _apply_interpret_default
+
+# Read at @triton.jit decoration time, so it must be set before anything imports eqkern: the
+# interpreter where no CUDA device is visible, compiled kernels where one is, unless the
+# environment says otherwise (tests/interpret_default.py, shared with bench/conftest.py).
+_apply_interpret_default()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -41,8 +47,13 @@ def pytest_generate_tests(metafunc):
     marked = metafunc.definition.get_closest_marker
     names = [n for n in BACKENDS
              if not (n == "reference" and marked("vs_reference"))
-             and not (n == "triton" and marked("slow_in_interpreter") and not torch.cuda.is_available())]
+             and not (n == "triton" and marked("slow_in_interpreter") and _interpreting())]
     metafunc.parametrize("backend", names, ids=str, indirect=True)
+
+
+def _interpreting() -> bool:
+    """Whether this run's Triton kernels are interpreted (set above, before eqkern's import)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @pytest.fixture
@@ -82,13 +93,38 @@ def require_backend(name: str, device: str = "cpu") -> None:
     pytest.fail(f"backend {name} unavailable: {reason}")
 
 
+# EQKERN_TEST_DEVICE=cuda (make gpu-check): the backend-agreement tests (marker vs_reference)
+# run with CUDA as torch's default device, so the tensors and models they make are on the GPU
+# and every backend, triton compiled, is compared with reference there.
+TEST_DEVICE = os.environ.get("EQKERN_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _test_device(request):
+    if TEST_DEVICE == "cpu" or not request.node.get_closest_marker("vs_reference"):
+        yield
+        return
+    if not torch.cuda.is_available():
+        pytest.fail(f"EQKERN_TEST_DEVICE={TEST_DEVICE!r} but no CUDA GPU is visible")
+    torch.set_default_device(TEST_DEVICE)
+    try:
+        yield
+    finally:
+        torch.set_default_device("cpu")
+
+
 def require_triton(request) -> None:
     """CPU tests need the interpreter (fail, not skip, when it is broken); ``gpu`` tests need CUDA.
-    A GPU machine runs the compiled kernels with TRITON_INTERPRET=0: the CPU tests skip there."""
-    if request.node.get_closest_marker("gpu"):
+    A GPU machine runs the compiled kernels with TRITON_INTERPRET=0: the CPU tests skip there,
+    except the agreement tests under EQKERN_TEST_DEVICE=cuda, which then run on the GPU."""
+    on_gpu_device = TEST_DEVICE != "cpu" and request.node.get_closest_marker("vs_reference")
+    if request.node.get_closest_marker("gpu") or on_gpu_device:
         if torch.cuda.is_available():
             require_backend("triton", "cuda")
         return
-    if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available():
-        pytest.skip("TRITON_INTERPRET=0 on a GPU machine: the interpreter tests run on CPU machines")
+    if not _interpreting() and torch.cuda.is_available():
+        # The default on a GPU machine (tests/interpret_default.py): compiled kernels cannot run
+        # on CPU tensors, so these run on CPU machines; TRITON_INTERPRET=1 runs them here too.
+        pytest.skip(f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r} on a GPU machine: "
+                    "the interpreter tests run on CPU machines (or set TRITON_INTERPRET=1)")
     require_backend("triton")

@@ -11,17 +11,12 @@
 
 #include "cuda/pool_unpool_kernel.cuh"
 #include "cuda/settle_epilogue_kernel.cuh"
+#include "cuda/sm_count.h"
 #include "loop/settle_loop.h"
 
 namespace eqkern {
 
 namespace {
-
-int sm_count(int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
 
 template <typename scalar_t>
 const scalar_t* cptr(const at::Tensor* t) {
@@ -35,7 +30,7 @@ scalar_t* mptr(at::Tensor* t) {
 
 void epilogue_dense_cuda(at::Tensor& out, const at::Tensor& u, const at::Tensor* d, const at::Tensor* nudge,
                          double alpha, double gamma, int64_t activation) {
-  const int dev = out.device().index();
+  const c10::DeviceIndex dev = out.device().index();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "settle_cuda_epilogue", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -58,7 +53,7 @@ void pool_unpool_cuda(const at::Tensor& pre, at::Tensor* u, at::Tensor* unp, con
                        pre.stride(0),  pre.stride(1),  pre.stride(2),  pre.stride(3),
                        pooled->stride(0), pooled->stride(1), pooled->stride(2), pooled->stride(3),
                        pre.stride(1) == 1 && pre.size(1) > 1};
-  const int dev = pre.device().index();
+  const c10::DeviceIndex dev = pre.device().index();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(), "settle_cuda_pool_unpool", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -10,17 +10,10 @@
 #include <torch/library.h>
 
 #include "cuda/settle_epilogue_kernel.cuh"
+#include "cuda/sm_count.h"
 #include "loop/settle_epilogue_args.h"
 
 namespace eqkern {
-
-namespace {
-int multiprocessor_count(int device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-}  // namespace
 
 void settle_epilogue_cuda(at::Tensor& state, const at::Tensor& bottom_up,
                           const std::optional<at::Tensor>& top_down,
@@ -28,11 +21,12 @@ void settle_epilogue_cuda(at::Tensor& state, const at::Tensor& bottom_up,
                           int64_t activation) {
   TORCH_CHECK(state.device().is_cuda(), "eqkern.settle_epilogue_ (CUDA kernel): state is on ",
               state.device());
-  const SettleOperands ops = prepare_settle_operands(state, bottom_up, top_down, nudge, activation);
+  // state's device current before anything allocates or launches (a model on cuda:1 runs on cuda:1).
   const c10::cuda::CUDAGuard guard(state.device());
+  const SettleOperands ops = prepare_settle_operands(state, bottom_up, top_down, nudge, activation);
   // The current stream, not the default one: torch.compile and user code may run us on a side stream.
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(state.device().index()).stream();
-  const int sms = multiprocessor_count(state.device().index());
+  const int sms = sm_count(state.device().index());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, state.scalar_type(), "settle_epilogue_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool known = launch_settle_epilogue<scalar_t, acc_t>(

@@ -416,7 +416,7 @@ void hebbian_update_loop(const DeviceKernels& k, const Tensor& x, TensorList wei
   const double scale = -1.0 / ((beta_a - beta_b) * static_cast<double>(batch));
   for (size_t i = 0; i < n; ++i) {
     const Tensor w = lay.make(weights[i]);
-    Tensor gw, gb;
+    Tensor gw;
     if (kinds[i] == kConvLayer) {
       Tensor inputs, signed_out;
       if (i == 0) {
@@ -445,11 +445,10 @@ void hebbian_update_loop(const DeviceKernels& k, const Tensor& x, TensorList wei
           signed_out = cat_batch(state_a[i], state_b[i], true, lay);
         }
       }
-      const int64_t bias_size[1] = {w.size(0)};
-      auto res = at::convolution_backward(signed_out, inputs, w, at::IntArrayRef(bias_size), {1, 1}, {paddings[i], paddings[i]}, {1, 1},
-                                          false, {0, 0}, 1, {false, true, true});
-      gw = std::get<1>(res);
-      gb = std::get<2>(res);
+      // The weight gradient only: the bias gradient is taken from the states below (output_mask).
+      gw = std::get<1>(at::convolution_backward(signed_out, inputs, w, std::nullopt, {1, 1},
+                                                {paddings[i], paddings[i]}, {1, 1}, false, {0, 0}, 1,
+                                                {false, true, false}));
     } else {
       Tensor inputs, signed_out;
       if (i == 0) {
@@ -460,12 +459,12 @@ void hebbian_update_loop(const DeviceKernels& k, const Tensor& x, TensorList wei
         signed_out = at::cat({state_a[i], state_b[i].neg()});
       }
       gw = at::mm(signed_out.t(), inputs);
-      gb = signed_out.sum(0);
     }
     // The bias term is sum(s_a) - sum(s_b) (unpooling moves values, it does not change their sum):
-    // subtract first, so that fp32 does not cancel two large, nearly equal sums.
+    // subtract first, so that fp32 does not cancel two large, nearly equal sums. That is why it is
+    // not the reduction of signed_out above, which would cancel the phases inside the sum.
     const Tensor diff = state_a[i] - state_b[i];
-    gb = diff.dim() == 2 ? diff.sum(0) : diff.sum(at::IntArrayRef({0, 2, 3}));
+    const Tensor gb = diff.dim() == 2 ? diff.sum(0) : diff.sum(at::IntArrayRef({0, 2, 3}));
     grads[2 * i].add_(gw, scale);
     grads[2 * i + 1].add_(gb, scale);
   }

@@ -17,24 +17,40 @@ of Φ_β, ATen calls, one C++ op, Triton kernels):
 (can it run a model with a schedule) say why not, in words; :mod:`eqkern.backends` keeps the
 registry that uses them. ``differentiable`` backends also :meth:`Backend.unroll` steps under
 autograd (BPTT).
+
+Every backend's work methods (settle, unroll, hebbian_gradients, connection_gradients) run under
+the one TF32 policy, :func:`eqkern.kernels.precision.tf32_policy` of their inputs' device:
+:class:`Backend` wraps each subclass's own definitions when the class is created, so that no
+backend can forget it (torch leaves cuDNN's TF32 on, which would make the ATen convolutions of
+reference/torch/cpp disagree with Triton's exact fp32 by ~1e-3).
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from eqkern.backends.shared_terms import ParamGrads, aten_connection_gradients
 from eqkern.backends.update_order import SCHEDULES, schedule_groups
+from eqkern.kernels.precision import tf32_policy
 from eqkern.model.crnn import CRNN
 
-__all__ = ["Backend", "Phase", "PhaseInputs", "ParamGrads", "accumulate_grads", "nudged",
-           "SCHEDULES", "schedule_groups"]
-
+__all__ = [
+    "SCHEDULES",
+    "WORK_METHODS",
+    "Backend",
+    "ParamGrads",
+    "Phase",
+    "PhaseInputs",
+    "accumulate_grads",
+    "nudged",
+    "schedule_groups",
+]
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,37 @@ def nudged(beta: float | torch.Tensor) -> bool:
     return isinstance(beta, torch.Tensor) or beta != 0.0
 
 
+# The work methods of a backend, each with where its call runs: the device of the tensor that the
+# interface says the work follows (parameters named as in Backend, so keyword calls bind too).
+WORK_METHODS: dict[str, Callable[..., torch.device]] = {
+    "settle": lambda model, phase, *a, **k: phase.x.device,
+    "unroll": lambda model, x, *a, **k: x.device,
+    "hebbian_gradients": lambda model, x, *a, **k: x.device,
+    "connection_gradients": lambda model, i, inputs, *a, **k: inputs.device,
+}
+
+
+def _under_tf32_policy(fn: Callable, device_of: Callable[..., torch.device]) -> Callable:
+    """``fn`` (a backend method) run inside ``tf32_policy`` of its call's device."""
+    if getattr(fn, "_eqkern_tf32_policy", False) or getattr(fn, "__isabstractmethod__", False):
+        return fn
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        with tf32_policy(device_of(*args, **kwargs)):
+            return fn(self, *args, **kwargs)
+
+    run._eqkern_tf32_policy = True
+    return run
+
+
+def _apply_tf32_policy(cls: type) -> None:
+    """Wrap the work methods that ``cls`` itself defines (inherited ones are wrapped already)."""
+    for name, device_of in WORK_METHODS.items():
+        if name in cls.__dict__:
+            setattr(cls, name, _under_tf32_policy(cls.__dict__[name], device_of))
+
+
 class Backend(abc.ABC):
     """One way of computing the dynamics and the Hebbian update of a CRNN (see the module).
 
@@ -107,6 +154,10 @@ class Backend(abc.ABC):
     differentiable: bool = False
     # Whether its alternating step has the skip-link terms (torch and triton: not yet).
     alternating_skips: bool = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        _apply_tf32_policy(cls)  # the work methods it defines run under the TF32 policy (module doc)
 
     def __repr__(self) -> str:
         return f"<eqkern backend {self.name!r}>"
@@ -168,3 +219,6 @@ class Backend(abc.ABC):
         or one GEMM (:func:`eqkern.backends.shared_terms.aten_connection_gradients`).
         """
         return aten_connection_gradients(model, i, inputs, out, indices)
+
+
+_apply_tf32_policy(Backend)  # its default connection_gradients (the abstract methods stay as they are)

@@ -5,6 +5,11 @@ The convergence stop is one generic loop above the backends (any backend, any sc
 reduce the largest absolute change of that step (max over layers and elements) on the device.
 That reduction is read once per check, the only host synchronisation; the steps in between are
 queued without one. The phase ends when the change is below ``tol``, or at ``steps`` (the cap).
+
+The unit both paths run is a *chunk* (:func:`phase_chunk`): the whole phase without ``tol``, one
+check's ``check_every`` steps with it. ``cuda_graph=True`` replays each chunk from a captured CUDA
+graph (:mod:`.cuda_graph`), the same kernels in the same order, so the host still reads one number
+per check and nothing else changes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.backends.base import Backend, PhaseInputs
+from eqkern.dynamics import cuda_graph as graphs
 from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
 from eqkern.validate import describe
@@ -46,6 +52,36 @@ def backend_settle(be: Backend, model: CRNN, phase: PhaseInputs, steps: int) -> 
         be.settle(model, replace(phase, steps=steps))
 
 
+def phase_chunk(be: Backend, model: CRNN, phase: PhaseInputs,
+                last: list[torch.Tensor] | None) -> torch.Tensor | None:
+    """``phase.steps`` steps in place; with ``last`` (one buffer per layer, overwritten) the last
+    step is run apart and its largest absolute change (over layers and elements) comes back as a
+    0-d tensor on the device, not read (reading it is the check's one host sync)."""
+    if last is None:
+        backend_settle(be, model, phase, phase.steps)
+        return None
+    backend_settle(be, model, phase, phase.steps - 1)
+    for p, s in zip(last, phase.state):
+        p.copy_(s)
+    backend_settle(be, model, phase, 1)
+    return torch.stack([(s - p).abs().amax() for s, p in zip(phase.state, last)]).amax()
+
+
+def phase_runner(be: Backend, model: CRNN, phase: PhaseInputs, track: bool,
+                 cuda_graph: bool) -> graphs.Runner:
+    """How :func:`run_phase` runs a chunk of ``phase``: eagerly, or (``cuda_graph``) by replays
+    where :mod:`.cuda_graph` can capture it; ``track``: the chunks return their change."""
+    last = [torch.empty_like(s) for s in phase.state] if track else None
+
+    def eager(ph: PhaseInputs) -> torch.Tensor | None:
+        return phase_chunk(be, model, ph, last)
+
+    if not cuda_graph:
+        return eager
+    return graphs.chunk_runner(be, model, phase, track,
+                               lambda ph, buffers: phase_chunk(be, model, ph, buffers), eager)
+
+
 def run_phase(
     be: Backend,
     model: CRNN,
@@ -53,27 +89,25 @@ def run_phase(
     *,
     tol: float | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
+    cuda_graph: bool = False,
 ) -> int:
     """Settle ``phase.state`` in place on backend ``be`` and return the number of steps run.
 
     ``tol=None``: exactly ``phase.steps`` steps. Otherwise stop at the first check (every
     ``check_every`` steps, and at the cap) where ``max_l max |s_l(t) − s_l(t−1)| < tol``; at most
-    ``phase.steps`` steps. The arguments are assumed checked (:func:`check_stop_args`).
+    ``phase.steps`` steps. ``cuda_graph``: replay captured chunks where possible (same result).
+    The arguments are assumed checked (:func:`check_stop_args`, ``as_bool``).
     """
-    steps, state = phase.steps, phase.state
+    steps = phase.steps
+    run = phase_runner(be, model, phase, tol is not None, cuda_graph)
     if tol is None:
-        backend_settle(be, model, phase, steps)
+        run(phase)
         return steps
-    last = [torch.empty_like(s) for s in state]
     used, change = 0, float("nan")
     while used < steps:
         chunk = min(check_every, steps - used)
-        backend_settle(be, model, phase, chunk - 1)
-        for p, s in zip(last, state):
-            p.copy_(s)
-        backend_settle(be, model, phase, 1)
+        change = run(replace(phase, steps=chunk)).item()
         used += chunk
-        change = torch.stack([(s - p).abs().amax() for s, p in zip(state, last)]).amax().item()
         if change < tol:
             break
     beta = phase.beta

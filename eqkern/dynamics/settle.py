@@ -56,6 +56,7 @@ def settle(
     tol: float | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
     return_steps: bool = False,
+    cuda_graph: bool = False,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """Run ``steps`` steps of ``s ← ρ(∂Φ_β/∂s)`` from ``state``, in place.
 
@@ -75,6 +76,11 @@ def settle(
         tol: stop early once the largest absolute change of one step (over layers and elements)
             is below ``tol``, checked every ``check_every`` steps (one host sync per check).
         return_steps: also return the number of steps run.
+        cuda_graph: on CUDA with the ``cpp`` or ``triton`` backend, capture the phase (with
+            ``tol``: each ``check_every`` chunk) once as a CUDA graph per model, shapes, dtype,
+            steps and float β, and replay it: one launch instead of a few per layer and step, the
+            same kernels and result (:mod:`eqkern.dynamics.cuda_graph`). Elsewhere the phase runs
+            eagerly, with one warning per process saying why. Off by default.
     Returns:
         ``state`` (the same tensors), or ``(state, steps_used)`` with ``return_steps=True``.
 
@@ -85,6 +91,7 @@ def settle(
     steps = checks.as_count("steps", steps)
     tol, check_every = check_stop_args(tol, check_every)
     return_steps = as_bool("return_steps", return_steps)
+    cuda_graph = as_bool("cuda_graph", cuda_graph)
     checks.check_input(model, x)
     checks.check_state(model, state, x.shape[0])
     # The backends update state in place while reading x and the other layers.
@@ -92,7 +99,7 @@ def settle(
     beta, targets = check_phase_args(model, x, beta, targets, state=state)
     be = get_backend(backend, x.device, model, schedule=schedule)
     used = run_phase(be, model, PhaseInputs(x, state, beta, steps, targets, schedule), tol=tol,
-                     check_every=check_every)
+                     check_every=check_every, cuda_graph=cuda_graph)
     return (state, used) if return_steps else state
 
 
@@ -107,13 +114,16 @@ def free_phase(
     tol: float | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
     return_steps: bool = False,
+    cuda_graph: bool = False,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
-    ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run."""
+    ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run;
+    ``cuda_graph``: replay a captured graph of the phase (:func:`settle`)."""
     t_free = checks.as_count("t_free", t_free)
     checks.check_input(model, x)  # before init_state reads x's batch, dtype and device
     return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,
-                  schedule=schedule, tol=tol, check_every=check_every, return_steps=return_steps)
+                  schedule=schedule, tol=tol, check_every=check_every, return_steps=return_steps,
+                  cuda_graph=cuda_graph)
 
 
 # CRNN.forward runs this free phase (the model layer cannot import this one).

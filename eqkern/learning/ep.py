@@ -75,6 +75,7 @@ def ep_gradients(
     tol: float | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
     batched_nudge: bool = False,
+    cuda_graph: bool = False,
 ) -> EPResult:
     """Estimate the loss gradient by EP and **add** it to every parameter's ``.grad``.
 
@@ -92,6 +93,8 @@ def ep_gradients(
     ``+β`` and ``−β`` phases as one batch of ``2·batch`` with a per-sample β, one set of backend
     calls for both; with ``tol`` the
     pair stops when neither half moves by ``tol`` any more.
+    ``cuda_graph``: run each phase as a replayed CUDA graph where possible (:func:`eqkern.settle`;
+    the same gradients).
     ``rule="fre"`` replaces the contrastive update by FRE-RNN's ``ΔW_i = ds_{i+1} (s_i^0)ᵀ``
     (no ``1/β``, read-out at the free state; :mod:`eqkern.learning.fre`) on the same phases.
     Every rule runs on the selected backend (``backend``; see :func:`eqkern.settle`).
@@ -120,6 +123,7 @@ def ep_gradients(
     rule = resolve_rule(model, rule, leakage)
     tol, check_every = check_stop_args(tol, check_every)
     batched_nudge = as_bool("batched_nudge", batched_nudge)
+    cuda_graph = as_bool("cuda_graph", cuda_graph)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
     batched = batched_nudge and estimator == "symmetric"
@@ -132,7 +136,7 @@ def ep_gradients(
 
     def phase(inputs, state, b, steps, targets) -> int:
         return run_phase(be, model, PhaseInputs(inputs, state, b, steps, targets, schedule),
-                         tol=tol, check_every=check_every)
+                         tol=tol, check_every=check_every, cuda_graph=cuda_graph)
 
     with torch.no_grad():
         state = model.init_state(batch, like=x)

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from eqkern.backends import BACKENDS, unavailable_reason
-from eqkern.kernels import native
+from eqkern.kernels import native, precision
 
 DEVICES = ("cpu", "cuda")
 
@@ -57,6 +57,7 @@ def info() -> dict:
         },
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(gpu_count)],
         "cpu_threads": torch.get_num_threads(),
+        "precision": precision.describe(),
         "build": built or {"reason": "no eqkern/_build_info.json: the package was not built/installed"},
         "cpp": {"loaded": native.cpp_available(), "error": native.cpp_load_error(),
                 "cuda_kernels_registered": native.cuda_kernels_registered()},
@@ -72,6 +73,9 @@ def format_info(d: dict) -> str:
               if k != "eqkern"]
     lines.append(f"  {'GPUs':<13}{', '.join(d['cuda_devices']) or 'none visible'}")
     lines.append(f"  {'CPU threads':<13}{d['cpu_threads']}")
+    p = d["precision"]
+    lines.append(f"  {'fp32 on CUDA':<13}{p['fp32_math']} (EQKERN_TF32={int(p['tf32'])}, "
+                 f"Triton fp32 dots {p['triton_fp32_dot']})")
     lines.append("build:")
     lines += [f"  {k:<15}{val}" for k, val in sorted(d["build"].items())]
     cpp = d["cpp"]

@@ -104,6 +104,14 @@ def _python_m_eqkern(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
+def _bad_setting_read_at_import(folder: Path):
+    """A setting eqkern reads while it is imported ($EQKERN_TF32) with a bad value."""
+    env = {**os.environ, "EQKERN_TF32": "banana"}
+    proc = subprocess.run([sys.executable, "-m", "eqkern", "info"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    return proc.returncode, proc.stderr
+
+
 def _ctrl_c_while_starting(folder: Path):
     """Ctrl-C while ``eqkern`` imports torch. torch's C initialisation can swallow a SIGINT that
     lands inside it (the command then runs on), so press again, as a user would, until it ends."""
@@ -230,6 +238,8 @@ PROBES = [
     Probe("debug-shows-traceback", lambda f: run(["--debug", "train", "--preset", "no-such"]),
           check=_debug_shows_traceback, fails_as=UNCLEAR),
     Probe("bug-is-a-traceback", _bug, check=_is_bug_report, fails_as=UNCLEAR),
+    Probe("bad-env-setting-at-import", _bad_setting_read_at_import,
+          check=one_line_error("EQKERN_TF32", "banana"), fails_as=UNCLEAR),
     Probe("ctrl-c-while-starting", _ctrl_c_while_starting,
           # -SIGINT: a later press landed while the interrupted process was already exiting
           check=lambda r, f: r[0] in (130, -signal.SIGINT) and r[1].strip().splitlines() == [

@@ -67,11 +67,15 @@ def test_cuda_kernels_registered_iff_compiled() -> None:
 @pytest.fixture(scope="module")
 def ptxas_spills(tmp_path_factory) -> dict[str, tuple[int, int]]:
     """``kernel -> (spill stores, spill loads)`` of every kernel of csrc/cuda/compile_check.cu (the
-    torch-free device code of the ops, all instantiations) compiled once for sm_90."""
+    device code of the ops, instantiated for exactly the types they dispatch: c10::Half and
+    c10::BFloat16, whose header-only definitions come from torch's include folder) compiled once
+    for sm_90."""
+    from torch.utils.cpp_extension import include_paths
+
     out = tmp_path_factory.mktemp("nvcc") / "cc.o"
-    proc = _run([_nvcc(), "-std=c++17", "-c", "csrc/cuda/compile_check.cu", "-o", str(out),
-                 "-gencode", "arch=compute_90,code=sm_90", "-Xptxas", "-v"])
-    assert proc.returncode == 0, "nvcc failed on the torch-free device code"
+    proc = _run([_nvcc(), "-std=c++17", "-c", "csrc/cuda/compile_check.cu", "-I", include_paths()[0],
+                 "-o", str(out), "-gencode", "arch=compute_90,code=sm_90", "-Xptxas", "-v"])
+    assert proc.returncode == 0, "nvcc failed on the device code"
     props = re.findall(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, "
                        r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stdout + proc.stderr)
     return {name: (int(st), int(ld)) for name, _, st, ld in props}

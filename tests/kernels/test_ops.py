@@ -79,7 +79,8 @@ def _inputs(case: Case, dtype: torch.dtype, device: str):
 
 
 def _up(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if t is None else t.to(dtype)
+    """On CPU in ``dtype``: the references run there, so a GPU run is not checked by the GPU."""
+    return None if t is None else t.cpu().to(dtype)
 
 
 def test_cpp_extension_loaded() -> None:
@@ -97,16 +98,16 @@ def test_matches_reference(activation: str, dtype: torch.dtype, case: str, devic
     torch.manual_seed(zlib.crc32(f"{activation}/{case}".encode()))  # stable across runs
     state, buf, bu, td, nd = _inputs(c, dtype, device)
     ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    ref = ops.settle_epilogue_ref(state.to(ref_dtype), _up(bu, ref_dtype), _up(td, ref_dtype),
+    ref = ops.settle_epilogue_ref(_up(state, ref_dtype), _up(bu, ref_dtype), _up(td, ref_dtype),
                                   _up(nd, ref_dtype), c.alpha, c.gamma, activation).to(dtype)
 
     ops.settle_epilogue_(state, bu, td, nd, c.alpha, c.gamma, activation)
 
     atol, rtol = TOL[dtype]
-    diff = (state.double() - ref.double()).abs()
-    print(f"{activation} {dtype} {case}: max abs diff {diff.max().item() if diff.numel() else 0:.3e}")
+    diff = (state.cpu().double() - ref.double()).abs()
+    print(f"{activation} {dtype} {case} {device}: max abs diff {diff.max().item() if diff.numel() else 0:.3e}")
     assert not state.isnan().any(), "NaN in the output"
-    torch.testing.assert_close(state, ref, atol=atol, rtol=rtol)
+    torch.testing.assert_close(state.cpu(), ref, atol=atol, rtol=rtol)
     if buf is not None:
         gaps = buf[..., 1::2]
         assert (gaps == 7.0).all(), "the op wrote outside the strided state"
@@ -116,10 +117,30 @@ def test_matches_reference(activation: str, dtype: torch.dtype, case: str, devic
 def test_same_dtype_reference_fp32(device: str) -> None:
     # The plain same-dtype reference is what the torch backend computes; in fp32 they agree.
     state, _, bu, td, nd = _inputs(Case((8, 65)), torch.float32, device)
-    ref = ops.settle_epilogue_ref(state, bu, td, nd, 0.5, 2.0, "hard_sigmoid")
+    f32 = torch.float32
+    ref = ops.settle_epilogue_ref(_up(state, f32), _up(bu, f32), _up(td, f32), _up(nd, f32), 0.5, 2.0, "hard_sigmoid")
     ops.settle_epilogue_(state, bu, td, nd, 0.5, 2.0, "hard_sigmoid")
-    print("max abs diff", (state - ref).abs().max().item())
-    torch.testing.assert_close(state, ref)
+    print("max abs diff", (state.cpu() - ref).abs().max().item())
+    torch.testing.assert_close(state.cpu(), ref)
+
+
+@pytest.mark.gpu
+# Marks apply bottom-up: without any GPU the skip reason is the standard one.
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_launches_on_the_state_device() -> None:
+    # The op's CUDAGuard: tensors on cuda:1 while cuda:0 is current run on cuda:1 (a launch on
+    # cuda:0 would fault or leave state unwritten), and the current device stays cuda:0.
+    c = Case((4, 1000))
+    with torch.cuda.device(0):
+        state, _, bu, td, nd = _inputs(c, torch.float32, "cuda:1")
+        ops.settle_epilogue_(state, bu, td, nd, c.alpha, c.gamma, "tanh")
+        torch.cuda.synchronize(1)
+        assert torch.cuda.current_device() == 0
+    f32 = torch.float32
+    ref = ops.settle_epilogue_ref(_up(state, f32), _up(bu, f32), _up(td, f32), _up(nd, f32), c.alpha, c.gamma, "tanh")
+    print("max abs diff", (state.cpu() - ref).abs().max().item())
+    torch.testing.assert_close(state.cpu(), ref, atol=TOL[f32][0], rtol=TOL[f32][1])
 
 
 def test_inputs_may_alias_state() -> None:

@@ -4,20 +4,32 @@ On CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` from conf
 are small and odd (one or two programs per launch), with padding 0, 1 and 2, batch 1, pooled and
 unpooled maps and the 1×1-on-1×1 form that fully connected layers use. fp32 and fp64 are compared
 tightly; fp16 and bf16 storage against an fp64 computation on the same (rounded) inputs with a
-tolerance of a few storage ulps (the bf16 ``tl.dot`` itself is exercised on GPU only).
+tolerance of a few storage ulps (the bf16 ``tl.dot`` itself is exercised on GPU only). The dot
+paths (fp32 ieee/tf32/tf32x3, 16-bit operands) are selected by the ops' ``precision`` argument
+and the storage dtype; the launch tiles (one in the interpreter, autotuned on a GPU) are plain
+functions tested here too.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import os
 
 import pytest
 import torch
-
 from conftest import rel_rms, require_triton
+
 from eqkern.model.activations import ACTIVATION_CODES
 
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
 try:  # without triton every test below fails through require_backend, with the import error
-    from eqkern.kernels.triton.feedback_settle import feedback_settle_ref, feedback_settle_triton
+    from eqkern.kernels.triton._common import device_guard
+    from eqkern.kernels.triton.feedback_settle import (
+        feedback_settle_ref,
+        feedback_settle_triton,
+    )
     from eqkern.kernels.triton.forward_pool import forward_pool_ref, forward_pool_triton
     from eqkern.kernels.triton.hebbian import hebbian_ref, hebbian_triton
 except ImportError:
@@ -182,6 +194,137 @@ def test_scalars_survive_fp32_kernel_arguments():
         assert abs((hi + lo) - x) <= 1e-14 * abs(x)
 
 
+# -- dot paths: the fp32 input precision and the 16-bit operands, chosen by argument ----------
+
+def test_dot_operand_dtype_and_precision():
+    """bf16/fp16 storage feed 16-bit tiles to ``tl.dot`` on a GPU; the interpreter upcasts bf16
+    (triton#11584). The fp32 precision is the launcher's argument, else the policy."""
+    import triton.language as tl
+
+    from eqkern.errors import ArgumentError
+    from eqkern.kernels.precision import TRITON_FP32_DOT
+    from eqkern.kernels.triton._common import dot_dtype, dot_precision
+
+    assert dot_dtype(torch.bfloat16, interpret=False) == tl.bfloat16
+    assert dot_dtype(torch.bfloat16, interpret=True) == tl.float32
+    assert dot_dtype(torch.float16, interpret=True) == tl.float16
+    assert dot_dtype(torch.float32, interpret=False) == tl.float32
+    assert dot_dtype(torch.float64, interpret=False) == tl.float64
+    assert dot_precision(torch.float32) == TRITON_FP32_DOT
+    assert dot_precision(torch.float32, "tf32") == "tf32"
+    assert dot_precision(torch.float64, "tf32") == "ieee"  # fp64 has no tf32 form
+    with pytest.raises(ArgumentError, match="'tf16'"):
+        dot_precision(torch.float32, "tf32".replace("32", "16"))
+
+
+# (storage, precision): in the interpreter numpy computes a tf32 dot in fp32, so tf32/tf32x3
+# are held to fp32 bounds here; on a GPU tf32 (10-bit mantissa products) is ~1e-3 (gpu test).
+DOT_PATHS = [pytest.param(torch.float32, p, id=f"fp32-{p}") for p in ("ieee", "tf32", "tf32x3")] + [
+    pytest.param(torch.bfloat16, None, id="bf16"), pytest.param(torch.float16, None, id="fp16")]
+
+
+def _path_tol(dtype, precision, device) -> float:
+    if dtype == torch.float32 and precision != "ieee" and device != "cpu":
+        return 3e-3
+    return 1e-5 if dtype == torch.float32 else TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype, precision", DOT_PATHS)
+def test_dot_paths_track_fp64(dtype, precision):
+    """All three ops with the dot path selected by argument, against fp64 on the same inputs."""
+    _check_dot_path(dtype, precision, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype, precision", DOT_PATHS)
+def test_dot_paths_track_fp64_on_gpu(dtype, precision):
+    """The same compiled: tf32 tensor cores (~1e-3), bf16/fp16 tiles with fp32 accumulation."""
+    _check_dot_path(dtype, precision, "cuda")
+
+
+def _check_dot_path(dtype, precision, device):
+    b, _, h, w, co, k, pad, pool = SHAPES["odd11-pad1-pool"]
+    x, weight, bias = (t.to(device) for t in _data((b, 3, h, w, co, k, pad, pool), dtype))
+    y, idx = forward_pool_triton(x, weight, bias, pad, pool, precision=precision)
+    y_ref, _ = forward_pool_ref(x.double(), weight.double(), bias.double(), pad, pool)
+    u, s_up = torch.randn_like(x), torch.rand_like(y)
+    state = torch.empty_like(x)
+    feedback_settle_triton(state, u, None, s_up, idx, weight, pad, 0.8, 0.6, 4, precision=precision)
+    s_ref = feedback_settle_ref(state, u.double(), None, s_up.double(), idx, weight.double(), pad,
+                                0.8, 0.6, "tanh")
+    x_b = torch.rand_like(x)
+    gw, gb = hebbian_triton(x, x_b, y, s_up, idx, idx, k, pad, -0.37, False, precision=precision)
+    gw_ref, gb_ref = hebbian_ref(x.double(), x_b.double(), y.double(), s_up.double(), idx, idx, k,
+                                 pad, -0.37)
+    tol = _path_tol(dtype, precision, device)
+    errs = {"forward": rel_rms(y_ref, y), "feedback": rel_rms(s_ref, state),
+            "hebbian gW": rel_rms(gw_ref, gw), "hebbian gb": rel_rms(gb_ref, gb)}
+    print(f"{device} {dtype} precision={precision}: "
+          + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()) + f" (bound {tol:.0e})")
+    assert all(e <= tol for e in errs.values())
+
+
+def test_precision_argument_is_checked():
+    from eqkern.errors import ArgumentError
+
+    x, weight, bias = _data(SHAPES["fc-as-1x1"], torch.float32)
+    with pytest.raises(ArgumentError, match="precision .*'fp32'"):
+        forward_pool_triton(x, weight, bias, 0, False, precision="fp32")
+
+
+# -- launch tiles: one in the interpreter, the autotune list on a GPU ---------------------------
+
+def test_one_tile_in_the_interpreter_autotune_list_on_gpu():
+    from eqkern.kernels.triton import feedback_settle, forward_pool, hebbian
+    from eqkern.kernels.triton._common import (
+        OPS,
+        Tile,
+        autotune_configs,
+        gpu_tiles,
+        launch_tiles,
+        pick_configs,
+    )
+
+    for op in OPS:
+        for dtype in DTYPES:
+            one = launch_tiles(op, dtype, True, 363, 4, 9, interpret=True)
+            gpu = launch_tiles(op, dtype, True, 363, 4, 9, interpret=False)
+            assert len(one) == 1 and one[0].block_m == 512  # the problem's rows, one program
+            assert gpu == gpu_tiles(op, dtype, True) and len(gpu) >= 2
+    # What the GPU autotuner is given and keeps per launch: exactly the table's tiles.
+    for op in OPS:
+        configs = autotune_configs(op)
+        for dtype in DTYPES:
+            for pool in (True, False):
+                kept = {Tile.of(c) for c in pick_configs(op, configs, dtype, pool)}
+                assert kept == set(gpu_tiles(op, dtype, pool)), (op, dtype, pool)
+    # In the interpreter the ops launch the plain kernel (autotune would run every config).
+    assert INTERPRET
+    assert forward_pool._forward_pool_tuned is forward_pool._forward_pool_kernel
+    assert feedback_settle._feedback_settle_tuned is feedback_settle._feedback_settle_kernel
+    assert hebbian._hebbian_tuned is hebbian._hebbian_kernel
+
+
+def test_hebbian_split_rows():
+    """GPU split: rows per program a multiple of every candidate BLOCK_M, about 264 programs;
+    interpreted, a forced split cuts the rows into that many parts."""
+    from eqkern.kernels.triton._common import gpu_tiles
+    from eqkern.kernels.triton.hebbian import split_rows
+
+    m, co, k = 32 * 16 * 16, 256, 128 * 9
+    for dtype in DTYPES:
+        rows = split_rows(m, co, k, dtype, True, None, interpret=False)
+        tiles = gpu_tiles("hebbian", dtype, True)
+        assert all(rows % t.block_m == 0 for t in tiles)
+        first = tiles[0]
+        programs = -(-co // first.block_n) * -(-k // first.block_k) * -(-m // rows)
+        print(dtype, rows, programs)
+        assert 264 <= programs < 2 * 264
+    assert split_rows(363, 4, 9, torch.float32, True, 3, interpret=True) == 121
+    assert split_rows(363, 4, 9, torch.float32, True, None, interpret=True) == 363
+
+
 # -- opcheck: schema, fake tensor, autograd registration and AOT dispatch of each op -------------
 
 
@@ -256,3 +399,52 @@ def test_large_shapes_on_gpu(pool, dtype):
                                  idx if pool else None, idx if pool else None, 3, 1, -0.1)
     hb_tol = max(tol[dtype], 1e-5)
     assert rel_rms(gw_ref, gw) <= hb_tol and rel_rms(gb_ref, gb) <= hb_tol
+
+
+# --- the device guard: Triton launches on the *current* CUDA device, so without a guard a model
+# on cuda:1 would run its kernels on cuda:0; each op enters torch.cuda.device(t.device) on CUDA.
+
+def _run_all(device: str, dtype: torch.dtype = torch.float64):
+    """Each op once on tiny shapes on ``device``, with its ATen reference: [(name, out, ref)]."""
+    x = torch.rand(2, 2, 6, 7, dtype=dtype, device=device)
+    weight = torch.randn(3, 2, 3, 3, dtype=dtype, device=device)
+    bias = torch.randn(3, dtype=dtype, device=device)
+    y, idx = forward_pool_triton(x, weight, bias, 1, True)
+    y_ref, idx_ref = forward_pool_ref(x, weight, bias, 1, True)
+    u, s_up = torch.randn_like(x), torch.rand_like(y)
+    state = torch.empty_like(x)
+    feedback_settle_triton(state, u, None, s_up, idx_ref, weight, 1, 0.8, 0.5, 0)
+    s_ref = feedback_settle_ref(state, u, None, s_up, idx_ref, weight, 1, 0.8, 0.5, "hard_sigmoid")
+    gw, gb = hebbian_triton(x, x, y_ref, s_up, idx_ref, idx_ref, 3, 1, -0.3, True)
+    gw_ref, gb_ref = hebbian_ref(x, x, y_ref, s_up, idx_ref, idx_ref, 3, 1, -0.3)
+    return [("forward_pool", y, y_ref), ("forward_pool idx", idx.double(), idx_ref.double()),
+            ("feedback_settle", state, s_ref), ("hebbian gW", gw, gw_ref),
+            ("hebbian gb", gb, gb_ref)]
+
+
+def test_guard_is_a_no_op_on_cpu(monkeypatch):
+    """On CPU tensors the guard never touches torch.cuda (made to raise here) and the results
+    are those of the references."""
+    assert isinstance(device_guard(torch.zeros(1)), contextlib.nullcontext)
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("torch.cuda.device entered for a CPU tensor")
+
+    monkeypatch.setattr(torch.cuda, "device", no_cuda)
+    for name, out, ref in _run_all("cpu"):
+        err = rel_rms(ref, out)
+        print(f"{name} on cpu: rel RMS {err:.2e}")
+        assert out.device.type == "cpu" and err <= 1e-13
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a CUDA GPU (two of them)")
+def test_ops_run_on_the_tensors_device():
+    """Tensors on ``cuda:1`` while ``cuda:0`` is current: every op computes on ``cuda:1`` (the
+    references agree) and leaves ``cuda:0`` current."""
+    torch.cuda.set_device(0)
+    for name, out, ref in _run_all("cuda:1"):
+        err = rel_rms(ref, out)
+        print(f"{name} on cuda:1: rel RMS {err:.2e}")
+        assert out.device == torch.device("cuda:1") and err <= 1e-12
+    assert torch.cuda.current_device() == 0

@@ -9,8 +9,11 @@ Each module holds the ``@triton.jit`` kernel, the ``torch.library`` custom op th
 arguments and launches it (with ``register_fake``), and the ATen ``<op>_ref`` the tests compare
 against.
 
-``python -m eqkern.kernels.triton.compile_check`` (with ``TRITON_INTERPRET=0``) compiles every kernel for
-sm_90 without a GPU and reports registers and spills.
+:mod:`._common` holds what they share: the dtype and dot-precision policy, the one table of GPU
+tiles (autotuned on a GPU, one problem-sized tile in the interpreter), the device guard.
+``python -m eqkern.kernels.triton.compile_check`` (with ``TRITON_INTERPRET=0``) compiles every
+launchable variant (each op's ``VARIANTS`` × dtypes × precisions × tiles) for sm_90 without a
+GPU and reports shared memory, registers and spills per variant.
 
 Importing this package decorates the kernels, and ``@triton.jit`` reads ``TRITON_INTERPRET`` at
 that moment: on CPU, set ``TRITON_INTERPRET=1`` before the first import (``eqkern`` itself
@@ -24,4 +27,4 @@ from eqkern.kernels.triton.feedback_settle import feedback_settle_triton
 from eqkern.kernels.triton.forward_pool import forward_pool_triton
 from eqkern.kernels.triton.hebbian import hebbian_triton
 
-__all__ = ["INTERPRET", "forward_pool_triton", "feedback_settle_triton", "hebbian_triton"]
+__all__ = ["INTERPRET", "feedback_settle_triton", "forward_pool_triton", "hebbian_triton"]

@@ -28,10 +28,28 @@ import triton
 import triton.language as tl
 
 from eqkern.errors import ArgumentError
+from eqkern.kernels.triton._common import (
+    OpVariants,
+    activate,
+    autotuned,
+    check_dtype,
+    check_int32,
+    device_guard,
+    dtype_constexprs,
+    launch,
+    launch_tiles,
+    split_scalar,
+)
+from eqkern.model.activations import ACTIVATION_CODES
 from eqkern.model.specs import conv_output_size
-from eqkern.kernels.triton._common import (INDEX, NUM_WARPS, acc_dtype, activate, check_dtype, check_int32,
-                      dot_dtype, dot_precision, gemm_blocks, split_scalar)
 
+# Every constexpr flag the launcher can pass (the shape constexprs KS and PAD aside). Without a
+# layer above (the top layer, HAS_D False) only the epilogue runs, as KS=1 with no pool.
+VARIANTS = OpVariants(
+    "feedback_settle",
+    {"POOL": (True, False), "HAS_D": (True, False), "HAS_N": (True, False),
+     "ACT": tuple(sorted(ACTIVATION_CODES.values()))},
+    valid=lambda v: v["HAS_D"] or (not v["POOL"] and v["KS"] == 1 and v["PAD"] == 0))
 
 @triton.jit
 def _feedback_settle_kernel(
@@ -97,6 +115,13 @@ def _feedback_settle_kernel(
     tl.store(S_ptr + offs, v.to(S_ptr.dtype.element_ty), mask=mask)
 
 
+# On a GPU: autotuned over the tiles of the storage dtype. Tuning runs the kernel several times:
+# ``state`` is restored between runs in case it aliases ``u`` or the nudge.
+_feedback_settle_tuned = autotuned(_feedback_settle_kernel, "feedback_settle",
+                                   key=("M", "C", "CO", "KS", "POOL", "HAS_D"), dtype_arg="S_ptr",
+                                   restore_value=("S_ptr",))
+
+
 @torch.library.custom_op("eqkern::feedback_settle_triton", mutates_args=("state",))
 def feedback_settle_triton(
     state: torch.Tensor,
@@ -109,9 +134,13 @@ def feedback_settle_triton(
     alpha: float,
     gamma: float,
     activation: int,
+    precision: str | None = None,
 ) -> None:
     """``state ← ρ(α·u + γ·conv_transpose(unpool(s_up, idx), W) + nudge)`` in place, by one launch
-    of :func:`_feedback_settle_kernel` (``state``: 4-D, contiguous; see the module docstring)."""
+    of :func:`_feedback_settle_kernel` (``state``: 4-D, contiguous; see the module docstring).
+
+    ``precision``: ``input_precision`` of fp32 dots (``ieee``, ``tf32``, ``tf32x3``); None: the
+    policy. ``activation``: a code of ``ACTIVATION_CODES``."""
     check_dtype("state", state)
     if state.dim() != 4 or not state.is_contiguous():
         raise ArgumentError(f"feedback_settle: state must be a contiguous 4-D tensor, got "
@@ -143,17 +172,18 @@ def feedback_settle_triton(
     nudge = nudge.contiguous() if nudge is not None else None
     check_int32(state, s_up)
     m = bsz * h * w
-    bm, bn, bk = gemm_blocks(m, c, co * ks * ks)
-    grid = (triton.cdiv(m, bm), triton.cdiv(c, bn))
-    _feedback_settle_kernel[grid](
-        state, u, nudge if nudge is not None else u, s_up if has_d else u,
-        idx if pool else state, weight if has_d else u,
-        m, c, h, w, co, ho, wo, hp, wp, *split_scalar(alpha), *split_scalar(gamma),
-        PAD=padding, KS=ks, POOL=pool, HAS_D=has_d, HAS_N=nudge is not None, ACT=activation,
-        ACC=acc_dtype(state.dtype), DOT=dot_dtype(state.dtype), IDX=INDEX,
-        PRECISION=dot_precision(state.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS,
-    )
+    tiles = launch_tiles("feedback_settle", state.dtype, pool, m, c, co * ks * ks)
+    with device_guard(state):
+        launch(_feedback_settle_kernel, _feedback_settle_tuned,
+               lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_N"])),
+               tiles,
+               (state, u, nudge if nudge is not None else u, s_up if has_d else u,
+                idx if pool else state, weight if has_d else u,
+                m, c, h, w, co, ho, wo, hp, wp, *split_scalar(alpha), *split_scalar(gamma)),
+               dict(PAD=padding if has_d else 0, KS=ks,  # PAD is unused without d: one variant
+                    **VARIANTS.flags(POOL=pool, HAS_D=has_d, HAS_N=nudge is not None,
+                                     ACT=activation),
+                    **dtype_constexprs(state.dtype, precision)))
 
 
 # A custom op that returns None and only mutates its arguments gets a trivial fake impl.

@@ -26,10 +26,20 @@ import triton
 import triton.language as tl
 
 from eqkern.errors import ArgumentError
+from eqkern.kernels.triton._common import (
+    OpVariants,
+    autotuned,
+    check_dtype,
+    check_int32,
+    device_guard,
+    dtype_constexprs,
+    launch,
+    launch_tiles,
+)
 from eqkern.model.specs import conv_output_size
-from eqkern.kernels.triton._common import (INDEX, INTERPRET, NUM_WARPS, acc_dtype, check_dtype, check_int32,
-                      dot_dtype, dot_precision, gemm_blocks)
 
+# Every constexpr flag the launcher can pass (the shape constexprs KS and PAD aside).
+VARIANTS = OpVariants("forward_pool", {"POOL": (True, False)})
 
 @triton.jit
 def _conv_tile(acc, X_ptr, x_base, c_off, kh, kw, k_mask, m_mask, oh, ow, H, W, w_tile,
@@ -114,6 +124,11 @@ def _forward_pool_kernel(
     tl.store(Y_ptr + y_offs, out.to(Y_ptr.dtype.element_ty), mask=mask)
 
 
+# On a GPU: autotuned over the tiles of the storage dtype (keyed on the GEMM sizes and the pool).
+_forward_pool_tuned = autotuned(_forward_pool_kernel, "forward_pool",
+                                key=("M", "C", "CO", "KS", "POOL"), dtype_arg="X_ptr")
+
+
 def out_shape(x_shape, w_shape, padding: int, pool: bool) -> tuple[int, int, int, int, int, int]:
     """``(HO, WO, HP, WP)`` plus ``(B, CO)``: pre-pool and output spatial sizes."""
     bsz, _, h, w = x_shape
@@ -125,14 +140,16 @@ def out_shape(x_shape, w_shape, padding: int, pool: bool) -> tuple[int, int, int
 
 @torch.library.custom_op("eqkern::forward_pool_triton", mutates_args=())
 def forward_pool_triton(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, pool: bool
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, pool: bool,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(P(W * x + b), arg-max indices)`` (``idx`` empty without pool), by one launch of
     :func:`_forward_pool_kernel`; see the module docstring for shapes.
 
-    One program per ``BLOCK_M × BLOCK_N`` output tile (see :func:`gemm_blocks`); with a pool, on a
-    GPU, 32 pooled rows (128 conv outputs in four accumulators; 16 in fp64) keep the registers in
-    bounds.
+    ``precision``: ``input_precision`` of fp32 dots (``ieee``, ``tf32``, ``tf32x3``); None: the
+    policy (:data:`eqkern.kernels.precision.TRITON_FP32_DOT`). One program per ``BLOCK_M ×
+    BLOCK_N`` output tile (:func:`launch_tiles`: autotuned on a GPU, with half the rows when
+    pooling, four accumulators).
     """
     check_dtype("x", x)
     if (x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != x.shape[1]
@@ -140,7 +157,8 @@ def forward_pool_triton(
         raise ArgumentError(f"forward_pool: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not "
                          "form a (B, C, H, W) * (CO, C, k, k) convolution")
     if weight.dtype != x.dtype or bias.dtype != x.dtype or bias.shape != (weight.shape[0],):
-        raise ArgumentError("forward_pool: weight and bias must match x's dtype, bias of shape (CO,)")
+        raise ArgumentError(f"forward_pool: weight {weight.dtype} and bias {bias.dtype} "
+                            f"{tuple(bias.shape)} must match x's dtype {x.dtype}, bias of shape (CO,)")
     x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
     bsz, co, ho, wo, hp, wp = out_shape(x.shape, weight.shape, padding, pool)
     if hp < 1 or wp < 1:
@@ -149,23 +167,20 @@ def forward_pool_triton(
     idx = torch.empty((bsz, co, hp, wp) if pool else (0,), dtype=torch.int64, device=x.device)
     check_int32(x, y)
     m = bsz * hp * wp
-    bm, bn, bk = gemm_blocks(m, co, weight[0].numel())
-    if pool and not INTERPRET:  # four accumulators: keep them in registers (no spills on sm_90)
-        bm = min(bm, 16 if x.dtype == torch.float64 else 32)
-    grid = (triton.cdiv(m, bm), triton.cdiv(co, bn))
-    _forward_pool_kernel[grid](
-        y, idx if pool else y, x, weight, bias,
-        m, x.shape[1], x.shape[2], x.shape[3], co, ho, wo, hp, wp,
-        PAD=padding, KS=weight.shape[2], POOL=pool,
-        ACC=acc_dtype(x.dtype), DOT=dot_dtype(x.dtype), IDX=INDEX,
-        PRECISION=dot_precision(x.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS,
-    )
+    tiles = launch_tiles("forward_pool", x.dtype, pool, m, co, weight[0].numel())
+    with device_guard(x):
+        launch(_forward_pool_kernel, _forward_pool_tuned,
+               lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(co, meta["BLOCK_N"])),
+               tiles,
+               (y, idx if pool else y, x, weight, bias,
+                m, x.shape[1], x.shape[2], x.shape[3], co, ho, wo, hp, wp),
+               dict(PAD=padding, KS=weight.shape[2], **VARIANTS.flags(POOL=pool),
+                    **dtype_constexprs(x.dtype, precision)))
     return y, idx
 
 
 @forward_pool_triton.register_fake
-def _(x, weight, bias, padding, pool):
+def _(x, weight, bias, padding, pool, precision=None):
     torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "forward_pool: 4-D x and weight")
     bsz, co, _, _, hp, wp = out_shape(x.shape, weight.shape, padding, pool)
     y = x.new_empty((bsz, co, hp, wp))

@@ -31,10 +31,27 @@ import triton
 import triton.language as tl
 
 from eqkern.errors import ArgumentError
+from eqkern.kernels.triton._common import (
+    INTERPRET,
+    OpVariants,
+    autotuned,
+    check_dtype,
+    check_int32,
+    device_guard,
+    dtype_constexprs,
+    gpu_tiles,
+    launch,
+    launch_tiles,
+    split_scalar,
+)
 from eqkern.model.specs import conv_output_size
-from eqkern.kernels.triton._common import (INDEX, INTERPRET, NUM_WARPS, acc_dtype, block, check_dtype, check_int32,
-                      dot_dtype, dot_precision, split_scalar)
 
+# Every constexpr flag the launcher can pass (the shape constexprs KS and PAD aside).
+VARIANTS = OpVariants("hebbian", {"POOL": (True, False), "SAME_INPUT": (True, False),
+                                  "ATOMIC": (True, False)})
+
+# Programs a GPU launch aims at along the three grid axes together (about 2 per SM of an H100).
+_TARGET_PROGRAMS = 264
 
 @triton.jit
 def _gather_unpooled_t(OUT_ptr, IDX_ptr, out_base, offs_n, n_mask, m_mask, oh, ow, HO, WO, HP, WP,
@@ -71,7 +88,7 @@ def _im2col(IN_ptr, in_base, c_off, kh, kw, k_mask, m_mask, oh, ow, H, W,
 @triton.jit
 def _hebbian_kernel(
     GW_ptr, GB_ptr, INA_ptr, INB_ptr, OA_ptr, OB_ptr, IA_ptr, IB_ptr,
-    M, C, H, W, CO, HO, WO, HP, WP, scale_hi, scale_lo, CHUNKS_PER_SPLIT,
+    M, C, H, W, CO, HO, WO, HP, WP, scale_hi, scale_lo, ROWS_PER_SPLIT,
     PAD: tl.constexpr, KS: tl.constexpr, POOL: tl.constexpr, SAME_INPUT: tl.constexpr,
     ATOMIC: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, IDX: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -91,8 +108,9 @@ def _hebbian_kernel(
 
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
     bacc = tl.zeros((BLOCK_N,), dtype=ACC)
-    m_start = pid_s.to(IDX) * CHUNKS_PER_SPLIT * BLOCK_M
-    m_stop = tl.minimum(M, m_start + CHUNKS_PER_SPLIT * BLOCK_M)
+    # Rows, not chunks: the split is fixed before autotuning picks BLOCK_M.
+    m_start = pid_s.to(IDX) * ROWS_PER_SPLIT
+    m_stop = tl.minimum(M, m_start + ROWS_PER_SPLIT)
     for m0 in range(m_start, m_stop, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M).to(IDX)  # (b, oh, ow) of the pre-pool plane
         m_mask = offs_m < m_stop
@@ -126,6 +144,12 @@ def _hebbian_kernel(
         tl.store(GB_ptr + offs_n, bacc * scale, mask=gb_mask)
 
 
+# On a GPU: autotuned over the tiles of the storage dtype. Tuning runs the kernel several times:
+# the atomic variant accumulates, so gW and gb are zeroed before each run.
+_hebbian_tuned = autotuned(_hebbian_kernel, "hebbian", key=("M", "C", "CO", "KS", "POOL"),
+                           dtype_arg="INA_ptr", reset_to_zero=("GW_ptr", "GB_ptr"))
+
+
 @torch.library.custom_op("eqkern::hebbian_triton", mutates_args=())
 def hebbian_triton(
     in_a: torch.Tensor,
@@ -139,12 +163,15 @@ def hebbian_triton(
     scale: float,
     same_input: bool,
     split: int | None = None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gW, gb)`` of one conv connection over both phases, by one launch of
     :func:`_hebbian_kernel` (see the module docstring).
 
     ``split``: programs along the reduction (atomics when > 1); default 1 in the interpreter, and
-    on a GPU enough to give about 264 programs. The tests force it to cover the atomic path.
+    on a GPU enough to give about 264 programs (:func:`split_rows`). The tests force it to cover
+    the atomic path. ``precision``: ``input_precision`` of fp32 dots (``ieee``, ``tf32``,
+    ``tf32x3``); None: the policy.
     """
     check_dtype("in_a", in_a)
     pool = idx_a is not None
@@ -167,36 +194,50 @@ def hebbian_triton(
     check_int32(in_a, out_a)
     k = c * kernel_size * kernel_size
     m = bsz * ho * wo
-    if INTERPRET:
-        bm, bn, bk = block(m, hi=1024), block(co, hi=128), block(k, hi=128)
-    else:
-        # 32 reduction rows: the two gathered tiles and two im2col tiles fit in registers.
-        bm, bn, bk = block(m, hi=32), block(co, hi=64), block(k, hi=64)
-    tiles = triton.cdiv(co, bn) * triton.cdiv(k, bk)
-    chunks = triton.cdiv(m, bm)
-    # Split the reduction over M until the grid fills a large GPU (about 2 programs per SM).
-    if split is None:
-        split = 1 if INTERPRET else triton.cdiv(264, tiles)
-    split = max(1, min(chunks, split))
-    per_split = triton.cdiv(chunks, split)
-    split = triton.cdiv(chunks, per_split)
+    rows = split_rows(m, co, k, in_a.dtype, pool, split)
+    n_split = triton.cdiv(m, rows)
+    # Interpreted, a forced split also sizes the one tile, so that the split (atomic) path runs.
+    tiles = launch_tiles("hebbian", in_a.dtype, pool, min(m, rows), co, k)
     acc_t = torch.float64 if in_a.dtype == torch.float64 else torch.float32
-    make = torch.zeros if split > 1 else torch.empty
+    make = torch.zeros if n_split > 1 else torch.empty
     gw = make((co, c, kernel_size, kernel_size), dtype=acc_t, device=in_a.device)
     gb = make((co,), dtype=acc_t, device=in_a.device)
-    _hebbian_kernel[(triton.cdiv(co, bn), triton.cdiv(k, bk), split)](
-        gw, gb, in_a, in_b, out_a, out_b, idx_a if pool else out_a, idx_b if pool else out_b,
-        m, c, h, w, co, ho, wo, hp, wp, *split_scalar(scale), per_split,
-        PAD=padding, KS=kernel_size, POOL=pool, SAME_INPUT=same_input, ATOMIC=split > 1,
-        ACC=acc_dtype(in_a.dtype), DOT=dot_dtype(in_a.dtype), IDX=INDEX,
-        PRECISION=dot_precision(in_a.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS,
-    )
+    with device_guard(in_a):
+        launch(_hebbian_kernel, _hebbian_tuned,
+               lambda meta: (triton.cdiv(co, meta["BLOCK_N"]), triton.cdiv(k, meta["BLOCK_K"]),
+                             n_split),
+               tiles,
+               (gw, gb, in_a, in_b, out_a, out_b, idx_a if pool else out_a,
+                idx_b if pool else out_b,
+                m, c, h, w, co, ho, wo, hp, wp, *split_scalar(scale), rows),
+               dict(PAD=padding, KS=kernel_size,
+                    **VARIANTS.flags(POOL=pool, SAME_INPUT=same_input, ATOMIC=n_split > 1),
+                    **dtype_constexprs(in_a.dtype, precision)))
     return gw.to(in_a.dtype), gb.to(in_a.dtype)
 
 
+def split_rows(m: int, co: int, k: int, dtype: torch.dtype, pool: bool, split: int | None,
+               interpret: bool = INTERPRET) -> int:
+    """Rows of the reduction (of ``m``) per program along the split axis: a multiple of every
+    candidate ``BLOCK_M`` (autotuning picks one after the split is fixed). ``split`` None: 1 in
+    the interpreter, on a GPU enough to give about ``_TARGET_PROGRAMS`` programs with the default
+    tile. Interpreted, a forced split cuts ``m`` into ``split`` parts (the tile follows them)."""
+    if interpret:
+        return triton.cdiv(m, max(1, split or 1))
+    tiles = gpu_tiles("hebbian", dtype, pool)
+    unit = max(t.block_m for t in tiles)  # powers of two: the largest is a multiple of the rest
+    if split is None:
+        first = tiles[0]
+        split = triton.cdiv(_TARGET_PROGRAMS,
+                            triton.cdiv(co, first.block_n) * triton.cdiv(k, first.block_k))
+    chunks = triton.cdiv(m, unit)
+    split = max(1, min(chunks, split))
+    return triton.cdiv(chunks, split) * unit
+
+
 @hebbian_triton.register_fake
-def _(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_input, split=None):
+def _(in_a, in_b, out_a, out_b, idx_a, idx_b, kernel_size, padding, scale, same_input, split=None,
+      precision=None):
     torch._check(in_a.dim() == 4 and out_a.dim() == 4, lambda: "hebbian: 4-D inputs and outputs")
     co, c = out_a.shape[1], in_a.shape[1]
     return in_a.new_empty((co, c, kernel_size, kernel_size)), in_a.new_empty((co,))
