@@ -1,4 +1,5 @@
-"""Command line: ``eqkern info | demo | gdu | presets | train | teacher`` (also ``python -m eqkern …``)."""
+"""Command line: ``eqkern info | demo | gdu | presets | train | teacher | memory`` (also
+``python -m eqkern …``)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def _number(*, positive: bool = False, nonzero: bool = False):
 
 
 AT_LEAST_1, AT_LEAST_0 = _integer(1), _integer(0)
+THREADS_HELP = "CPU threads for torch (default: torch's)"
+NO_PROGRESS_HELP = "no progress bar (for logs and batch jobs)"
 POSITIVE, NONZERO = _number(positive=True), _number(nonzero=True)
 
 
@@ -93,7 +96,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
                     epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
                     t_nudge=args.t_nudge, beta=args.beta, lr=tuple(args.lr),
-                    backend=args.backend, seed=args.seed, method=args.method)
+                    backend=args.backend, seed=args.seed, method=args.method,
+                    progress=not args.no_progress)
     history = res.history
     best = max(h["test_acc"] for h in history)
     print(f"reached {history[-1]['test_acc']:.2f} % test accuracy (best {best:.2f} %) in "
@@ -208,12 +212,13 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eqkern", description=__doc__)
+    p.add_argument("--version", action="version", version=f"eqkern {_package_version()}")
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error, not just its one-line message")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = sub.add_parser("info", help="versions, build, available backends")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.set_defaults(func=cmd_info)
 
     def data_args(q):
@@ -221,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mnist_subset (embedded), mnist, fashion_mnist, cifar10, ...")
         q.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
         q.add_argument("--backend", default=None, help="reference | torch | cpp")
-        q.add_argument("--seed", type=AT_LEAST_0, default=0)
+        q.add_argument("--seed", type=AT_LEAST_0, default=0, help="seed of the weights and batches")
 
     def run_folder_args(q):
         q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -234,29 +239,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a short real EP training run on the embedded MNIST subset")
     data_args(demo)
-    demo.add_argument("--method", choices=["ep", "bptt"], default="ep")
-    demo.add_argument("--epochs", type=AT_LEAST_1, default=3)
-    demo.add_argument("--train-size", type=AT_LEAST_1, default=None)
-    demo.add_argument("--test-size", type=AT_LEAST_1, default=None)
-    demo.add_argument("--batch-size", type=AT_LEAST_1, default=64)
-    demo.add_argument("--t-free", type=AT_LEAST_1, default=15)
-    demo.add_argument("--t-nudge", type=AT_LEAST_1, default=5)
-    demo.add_argument("--beta", type=NONZERO, default=0.5)
-    demo.add_argument("--lr", type=POSITIVE, nargs="+", default=[0.2, 0.1, 0.05])
-    demo.add_argument("--threads", type=AT_LEAST_1, default=None)
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--method", choices=["ep", "bptt"], default="ep",
+                      help="EP (default) or BPTT through the same dynamics")
+    demo.add_argument("--epochs", type=AT_LEAST_1, default=3, help="epochs (default 3)")
+    demo.add_argument("--train-size", type=AT_LEAST_1, default=None,
+                      help="keep the first N training images (default: all)")
+    demo.add_argument("--test-size", type=AT_LEAST_1, default=None,
+                      help="keep the first N test images (default: all)")
+    demo.add_argument("--batch-size", type=AT_LEAST_1, default=64, help="mini-batch size")
+    demo.add_argument("--t-free", type=AT_LEAST_1, default=15, help="free-phase settling steps")
+    demo.add_argument("--t-nudge", type=AT_LEAST_1, default=5, help="nudged-phase settling steps")
+    demo.add_argument("--beta", type=NONZERO, default=0.5, help="nudging strength β")
+    demo.add_argument("--lr", type=POSITIVE, nargs="+", default=[0.2, 0.1, 0.05],
+                      help="learning rate per connection, input side first")
+    demo.add_argument("--threads", type=AT_LEAST_1, default=None, help=THREADS_HELP)
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     run_folder_args(demo)
     demo.set_defaults(func=cmd_demo)
 
     gdu = sub.add_parser("gdu", help="EP's update vs BPTT's gradient, per parameter")
     data_args(gdu)
     gdu.add_argument("--estimator", choices=["symmetric", "one_sided", "random_sign"],
-                     default="symmetric")
-    gdu.add_argument("--batch", type=AT_LEAST_1, default=16)
-    gdu.add_argument("--beta", type=NONZERO, default=1e-3)
-    gdu.add_argument("--t-free", type=AT_LEAST_1, default=100)
-    gdu.add_argument("--t-nudge", type=AT_LEAST_1, default=30)
-    gdu.add_argument("--dtype", choices=list(DTYPES), default="float64")
+                     default="symmetric", help="EP gradient estimator")
+    gdu.add_argument("--batch-size", "--batch", dest="batch", type=AT_LEAST_1, default=16,
+                     help="images in the batch")
+    gdu.add_argument("--beta", type=NONZERO, default=1e-3, help="nudging strength β")
+    gdu.add_argument("--t-free", type=AT_LEAST_1, default=100, help="free-phase settling steps")
+    gdu.add_argument("--t-nudge", type=AT_LEAST_1, default=30,
+                     help="nudged-phase steps = BPTT's truncation K")
+    gdu.add_argument("--dtype", choices=list(DTYPES), default="float64", help="arithmetic")
     gdu.add_argument("--png", default=None, help="also write a bar chart here")
     gdu.set_defaults(func=cmd_gdu)
 
@@ -266,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a paper preset (augmented EP) with checkpoints")
     tr.add_argument("--preset", required=True, help="a name from `eqkern presets`")
-    tr.add_argument("--epochs", type=AT_LEAST_1, default=None)
+    tr.add_argument("--epochs", type=AT_LEAST_1, default=None, help="epochs (default: the preset's)")
     tr.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a preset field (repeatable), read by its declared type: bool "
@@ -279,38 +291,48 @@ def build_parser() -> argparse.ArgumentParser:
     run_folder_args(tr)
     tr.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     tr.add_argument("--backend", default=None, help="reference | torch | cpp | triton")
-    tr.add_argument("--threads", type=AT_LEAST_1, default=None)
-    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--threads", type=AT_LEAST_1, default=None, help=THREADS_HELP)
+    tr.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     tr.set_defaults(func=cmd_train)
 
     te = sub.add_parser("teacher", help="train a BP VGG teacher for KD presets")
     te.add_argument("--arch", default="vgg19", help="vgg7 vgg10 vgg11 vgg12 vgg13 vgg15 vgg16 vgg19")
-    te.add_argument("--dataset", default="cifar10")
-    te.add_argument("--data-root", default=None)
-    te.add_argument("--epochs", type=AT_LEAST_1, default=200)
-    te.add_argument("--batch-size", type=AT_LEAST_1, default=128)
-    te.add_argument("--lr", type=POSITIVE, default=0.05)
+    te.add_argument("--dataset", default="cifar10", help="data set name (default cifar10)")
+    te.add_argument("--data-root", default=None, help="folder of the .npz files ($EQKERN_DATA)")
+    te.add_argument("--epochs", type=AT_LEAST_1, default=200, help="epochs (default 200)")
+    te.add_argument("--batch-size", type=AT_LEAST_1, default=128, help="mini-batch size")
+    te.add_argument("--lr", type=POSITIVE, default=0.05, help="SGD learning rate (cosine-annealed)")
     te.add_argument("--width", type=POSITIVE, default=1.0, help="factor on every width (match the student)")
-    te.add_argument("--train-size", type=AT_LEAST_1, default=None)
-    te.add_argument("--test-size", type=AT_LEAST_1, default=None)
-    te.add_argument("--device", default=None)
-    te.add_argument("--seed", type=AT_LEAST_0, default=0)
-    te.add_argument("--threads", type=AT_LEAST_1, default=None)
-    te.add_argument("--no-progress", action="store_true")
+    te.add_argument("--train-size", type=AT_LEAST_1, default=None,
+                    help="keep the first N training images (default: all)")
+    te.add_argument("--test-size", type=AT_LEAST_1, default=None,
+                    help="keep the first N test images (default: all)")
+    te.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    te.add_argument("--seed", type=AT_LEAST_0, default=0, help="seed of the weights and batches")
+    te.add_argument("--threads", type=AT_LEAST_1, default=None, help=THREADS_HELP)
+    te.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     te.add_argument("--out", required=True, help="checkpoint path (.pt)")
     run_folder_args(te)
     te.set_defaults(func=cmd_teacher)
     mem = sub.add_parser("memory", help="peak memory of one training iteration, EP vs BPTT")
     mem.add_argument("--preset", default=None, help="EP as the preset says, BPTT of its network")
     mem.add_argument("--table", action="store_true", help="Lin Table 2: VGG-7/10/11/12/13")
-    mem.add_argument("--batch", type=AT_LEAST_1, default=128)
-    mem.add_argument("--bptt-steps", type=AT_LEAST_1, default=140)
+    mem.add_argument("--batch-size", "--batch", dest="batch", type=AT_LEAST_1, default=128,
+                     help="batch of the iteration profiled")
+    mem.add_argument("--bptt-steps", type=AT_LEAST_1, default=140,
+                     help="steps BPTT unrolls (its memory grows with them)")
     mem.add_argument("--device", default="meta",
                      help="meta (exact accounting, no arithmetic; default), cpu, or cuda")
     mem.add_argument("--json", default=None, help="with --table: write the rows here")
     mem.add_argument("--png", default=None, help="with --table: bar chart here")
     mem.set_defaults(func=cmd_memory)
     return p
+
+
+def _package_version() -> str:
+    import eqkern
+
+    return eqkern.__version__
 
 
 def _apply_common(args: argparse.Namespace) -> None:
