@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import traceback
+from typing import Any, Callable
 
 import torch
 
 from eqkern.errors import ArgumentError, EqkernError
-from eqkern.validate import as_device
+from eqkern.validate import as_device, as_float, as_int
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Commands that train: an interruption there leaves the last checkpoint to resume from.
@@ -28,38 +28,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _integer(minimum: int):
-    """An argparse type: an int >= ``minimum``, refused with a message saying so."""
-    def parse(text: str) -> int:
+def _arg_type(parse: Callable[[str], Any], check: Callable[..., Any], **bounds):
+    """An argparse type: ``parse`` the text (``int``, ``float``), then the validation layer's
+    ``check`` (:func:`eqkern.validate.as_int` / ``as_float``) with ``bounds``; its message, less
+    the placeholder name, becomes argparse's ("argument --epochs: must be an integer >= 1, got 0")."""
+    def convert(text: str):
         try:
-            value = int(text)
+            value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _number(*, positive: bool = False, nonzero: bool = False):
-    """An argparse type: a finite float (> 0 with ``positive``, != 0 with ``nonzero``)."""
-    want = "a finite number" + (" > 0" if positive else " other than 0" if nonzero else "")
-
-    def parse(text: str) -> float:
+            value = text  # the check then says what was expected, quoting the text
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
-        if not math.isfinite(value) or (positive and value <= 0) or (nonzero and value == 0):
-            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
-        return value
-    return parse
+            return check("value", value, **bounds)
+        except EqkernError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value ")) from None
+    return convert
 
 
-AT_LEAST_1, AT_LEAST_0 = _integer(1), _integer(0)
+AT_LEAST_1 = _arg_type(int, as_int, minimum=1)
+AT_LEAST_0 = _arg_type(int, as_int, minimum=0)
+POSITIVE = _arg_type(float, as_float, minimum=0.0, exclusive_min=True)
+NONZERO = _arg_type(float, as_float, nonzero=True)
 THREADS_HELP = "CPU threads for torch (default: torch's)"
 NO_PROGRESS_HELP = "no progress bar (for logs and batch jobs)"
-POSITIVE, NONZERO = _number(positive=True), _number(nonzero=True)
 
 
 def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
