@@ -44,7 +44,7 @@ from eqkern.model.vgg import VGG_ARCHS
 from eqkern.training.kappa import SCHEDULES as KAPPA_SCHEDULES
 from eqkern.training.kappa import make_schedule
 
-__all__ = ["LabelSection", "DataSection", "ModelSection", "PhaseSection", "OptimSection",
+__all__ = ["Section", "validate_section", "LabelSection", "DataSection", "ModelSection", "PhaseSection", "OptimSection",
            "AugmentSection", "RunSection", "SECTIONS", "METHODS", "OPTIMIZERS", "SKIPS",
            "AUGMENTS", "DATA_AUGMENTATIONS", "parse_field", "check_field", "check_fields",
            "describe_type", "field_types", "choice", "MAX_SEED"]
@@ -67,21 +67,33 @@ def choice(options, default: Any = MISSING, *, positional: bool = False):
 
 # --- the sections ----------------------------------------------------------------------------
 
+class Section:
+    """What every section does: ``validate()`` checks the types and choices of its own fields
+    (:func:`check_fields`), then its ``check_ranges()``. A config made of several sections (a
+    Preset) calls :func:`validate_section` for each."""
+
+    def validate(self) -> None:
+        validate_section(self, type(self))
+
+    def check_ranges(self) -> None:
+        """Range, finiteness and consistency of the section's fields (beyond their types)."""
+
+
+def validate_section(obj, section: type) -> None:
+    """``section``'s checks on ``obj`` (the section itself, or a config that includes it)."""
+    check_fields(obj, section)
+    section.check_ranges(obj)
+
+
 @dataclass(frozen=True, kw_only=True)
-class LabelSection:
+class LabelSection(Section):
     name: str = field(kw_only=False)
     source: str = field(kw_only=False)           # paper and table it reproduces
     notes: str = ""                              # where a paper is silent and what we chose
 
-    def validate(self) -> None:
-        check_fields(self, LabelSection)
-
-    def check_ranges(self) -> None:
-        """Free text: nothing beyond the types."""
-
 
 @dataclass(frozen=True, kw_only=True)
-class DataSection:
+class DataSection(Section):
     dataset: str = choice(DATASETS, positional=True)   # eqkern.data.datasets name
     data_augmentation: str = choice(DATA_AUGMENTATIONS, "crop_flip")
     crop_padding: int = 4
@@ -90,10 +102,6 @@ class DataSection:
     batch_size: int = 128
     eval_batch_size: int = 500
 
-    def validate(self) -> None:
-        check_fields(self, DataSection)
-        DataSection.check_ranges(self)
-
     def check_ranges(self) -> None:
         # train_size / test_size 0 would leave no data (a division by zero an epoch later).
         _at_least(self, 1, "batch_size", "eval_batch_size", "train_size", "test_size")
@@ -101,7 +109,7 @@ class DataSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelSection:
+class ModelSection(Section):
     arch: tuple[LayerSpec, ...] = field(kw_only=False)   # full-width layer specs
     readout: str = choice(READOUTS, "ce")        # "ce" (soft-max read-out) or "mse"
     feedback: str = choice(FEEDBACK_MODES, "symmetric")  # separate: B_l (Laborieux §2.4)
@@ -121,10 +129,6 @@ class ModelSection:
             return random_skips(len(self.arch), self.skip_p, self.skip_seed)
         return ()
 
-    def validate(self) -> None:
-        check_fields(self, ModelSection)
-        ModelSection.check_ranges(self)
-
     def check_ranges(self) -> None:
         if not self.arch:
             raise ArgumentError("arch must have at least one layer")
@@ -137,7 +141,7 @@ class ModelSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PhaseSection:
+class PhaseSection(Section):
     beta: float = 0.5
     t_free: int = 250
     t_nudge: int = 50
@@ -151,10 +155,6 @@ class PhaseSection:
     check_every: int = 10                        # steps between two convergence checks
     batched_nudge: bool = False                  # the ±β phases as one batch of 2B
 
-    def validate(self) -> None:
-        check_fields(self, PhaseSection)
-        PhaseSection.check_ranges(self)
-
     def check_ranges(self) -> None:
         _at_least(self, 1, "t_free", "t_nudge", "truncate")
         # Every EP estimate divides by beta (eqkern.learning.ep): refuse 0 here, not mid-run.
@@ -164,7 +164,7 @@ class PhaseSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimSection:
+class OptimSection(Section):
     lr: tuple[float, ...] = (0.03,)              # one per weight layer (read-out included), or one for all
     optimizer: str = choice(OPTIMIZERS, "sgd")   # (or pass any torch.optim class to train_vgg)
     momentum: float = 0.9
@@ -172,10 +172,6 @@ class OptimSection:
     cosine: bool = True                          # cosine annealing of the learning rates
     cosine_epochs: int | None = None             # its period T_max (None: the number of epochs)
     lr_min: float = 1e-5                         # its eta_min
-
-    def validate(self) -> None:
-        check_fields(self, OptimSection)
-        OptimSection.check_ranges(self)
 
     def check_ranges(self) -> None:
         if not self.lr:
@@ -192,7 +188,7 @@ class OptimSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AugmentSection:
+class AugmentSection(Section):
     augment: str = choice(AUGMENTS, "none")      # none | le | kd | kdw
     augment_layers: tuple[int, ...] = ()         # state-layer indices (0-based)
     tau: float = 4.0
@@ -204,10 +200,6 @@ class AugmentSection:
     kappa_gamma: float = 0.02
     teacher_arch: str | None = choice(VGG_ARCHS, None)   # KD: eqkern.teacher architecture
     teacher_path: str | None = None              # KD: checkpoint written by train_teacher
-
-    def validate(self) -> None:
-        check_fields(self, AugmentSection)
-        AugmentSection.check_ranges(self)
 
     def check_ranges(self) -> None:
         if self.augment != "none" and not self.augment_layers:
@@ -225,14 +217,10 @@ class AugmentSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSection:
+class RunSection(Section):
     epochs: int = 250
     seed: int = 0
     backend: str | None = choice(BACKENDS, None)  # None: the device's default
-
-    def validate(self) -> None:
-        check_fields(self, RunSection)
-        RunSection.check_ranges(self)
 
     def check_ranges(self) -> None:
         _at_least(self, 1, "epochs")

@@ -31,7 +31,8 @@ from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.model.crnn import Conv, Linear, LayerSpec
 from eqkern.training.config import (SECTIONS, AugmentSection, DataSection, LabelSection,
                                     ModelSection, OptimSection, PhaseSection, RunSection,
-                                    check_field, describe_type, field_types, parse_field)
+                                    check_field, describe_type, field_types, parse_field,
+                                    validate_section)
 from eqkern.validate import as_float
 
 __all__ = ["Preset", "PRESETS", "TrainConfig", "get_preset", "list_presets", "parse_overrides",
@@ -77,7 +78,7 @@ class Preset(RunSection, AugmentSection, OptimSection, PhaseSection, ModelSectio
     def validate(self) -> None:
         """Each section's checks, then those that span sections (ValueError naming the field)."""
         for section in SECTIONS:
-            section.validate(self)
+            validate_section(self, section)
         if self.rule in ("vf", "kp-vf") and self.feedback != "separate":
             raise ArgumentError(f"rule={self.rule!r} needs feedback='separate'")
         if any(not 0 <= i < len(self.arch) for i in self.augment_layers):
