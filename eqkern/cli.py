@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -50,6 +51,9 @@ POSITIVE = _arg_type(float, as_float, minimum=0.0, exclusive_min=True)
 NONZERO = _arg_type(float, as_float, nonzero=True)
 THREADS_HELP = "CPU threads for torch (default: torch's)"
 NO_PROGRESS_HELP = "no progress bar (for logs and batch jobs)"
+TENSORBOARD_HELP = ("also log the scalars (accuracy, loss, learning rates, settle steps, ...) per "
+                    "epoch and per batch to TensorBoard event files in DIR; needs pip install "
+                    "'eqkern[tensorboard]'")
 
 
 def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
@@ -57,6 +61,24 @@ def demo_model(input_shape=(1, 28, 28), num_classes: int = 10):
     from eqkern.model.crnn import CRNN, Conv
 
     return CRNN(input_shape, [Conv(16), Conv(32)], num_classes, readout="ce")
+
+
+@contextlib.contextmanager
+def _callbacks(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The ``callbacks=`` keyword of a training entry point from the options (none given: no
+    keyword at all, so the entry point runs exactly as without callbacks). Made before the data
+    are loaded, so a missing tensorboard package is reported at once; closed at the end also when
+    the entry point fails before its engine starts (which would close them)."""
+    if args.tensorboard is None:
+        yield {}
+        return
+    from eqkern.training.tensorboard import TensorBoardCallback
+
+    tb = TensorBoardCallback(args.tensorboard)
+    try:
+        yield {"callbacks": [tb]}
+    finally:
+        tb.close()  # a no-op when the engine closed it
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -71,23 +93,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from eqkern.data.datasets import load_dataset
     from eqkern.training.train_preset import train_vgg
 
-    data = load_dataset(args.dataset, args.data_root, limit_train=args.train_size,
-                        limit_test=args.test_size)
-    from eqkern.backends import resolve_backend
+    with _callbacks(args) as callbacks:
+        data = load_dataset(args.dataset, args.data_root, limit_train=args.train_size,
+                            limit_test=args.test_size)
+        from eqkern.backends import resolve_backend
 
-    print(f"eqkern demo: {args.method.upper()} on {args.dataset} ({len(data.y_train)} train / "
-          f"{len(data.y_test)} test), backend {resolve_backend(args.backend, torch.device('cpu'))}, "
-          f"{torch.get_num_threads()} threads, T_free={args.t_free}, T_nudge={args.t_nudge}, "
-          f"beta={args.beta}")
-    t0 = time.perf_counter()
-    # the demo-mnist preset (demo_model's network) with the command line's settings
-    res = train_vgg("demo-mnist", data=data, out_dir=args.out, resume=args.resume,
-                    overwrite=args.overwrite, allow_changes=args.allow_change,
-                    dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
-                    epochs=args.epochs, batch_size=args.batch_size, t_free=args.t_free,
-                    t_nudge=args.t_nudge, beta=args.beta, lr=tuple(args.lr),
-                    backend=args.backend, seed=args.seed, method=args.method,
-                    progress=not args.no_progress)
+        print(f"eqkern demo: {args.method.upper()} on {args.dataset} ({len(data.y_train)} train / "
+              f"{len(data.y_test)} test), backend "
+              f"{resolve_backend(args.backend, torch.device('cpu'))}, "
+              f"{torch.get_num_threads()} threads, T_free={args.t_free}, T_nudge={args.t_nudge}, "
+              f"beta={args.beta}")
+        t0 = time.perf_counter()
+        # the demo-mnist preset (demo_model's network) with the command line's settings
+        res = train_vgg("demo-mnist", data=data, out_dir=args.out, resume=args.resume,
+                        overwrite=args.overwrite, allow_changes=args.allow_change,
+                        dataset=args.dataset, train_size=args.train_size,
+                        test_size=args.test_size, epochs=args.epochs,
+                        batch_size=args.batch_size, t_free=args.t_free, t_nudge=args.t_nudge,
+                        beta=args.beta, lr=tuple(args.lr), backend=args.backend, seed=args.seed,
+                        method=args.method, progress=not args.no_progress, **callbacks)
     history = res.history
     best = max(h["test_acc"] for h in history)
     print(f"reached {history[-1]['test_acc']:.2f} % test accuracy (best {best:.2f} %) in "
@@ -146,12 +170,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["backend"] = args.backend
     cfg = get_preset(base, **overrides)
     out = args.out or f"runs/{cfg.name}"
-    print(f"eqkern train: {cfg.name} on {cfg.dataset}, {cfg.epochs} epochs, width {cfg.width:g}, "
-          f"T_free={cfg.t_free}, T_nudge={cfg.t_nudge}, beta={cfg.beta}, out {out}")
-    res = train_vgg(cfg, data_root=args.data_root, teacher=args.teacher, out_dir=out,
-                    resume=args.resume, overwrite=args.overwrite,
-                    allow_changes=args.allow_change, device=args.device,
-                    progress=not args.no_progress)
+    with _callbacks(args) as callbacks:
+        print(f"eqkern train: {cfg.name} on {cfg.dataset}, {cfg.epochs} epochs, width "
+              f"{cfg.width:g}, T_free={cfg.t_free}, T_nudge={cfg.t_nudge}, beta={cfg.beta}, "
+              f"out {out}")
+        res = train_vgg(cfg, data_root=args.data_root, teacher=args.teacher, out_dir=out,
+                        resume=args.resume, overwrite=args.overwrite,
+                        allow_changes=args.allow_change, device=args.device,
+                        progress=not args.no_progress, **callbacks)
     if res.history:
         best = max(res.test_acc)
         minutes = sum(res.seconds) / 60  # training + evaluation of every epoch, resumed ones too
@@ -164,11 +190,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_teacher(args: argparse.Namespace) -> int:
     from eqkern.training.teacher import train_teacher
 
-    res = train_teacher(args.arch, args.dataset, args.epochs, args.out, data_root=args.data_root,
-                        batch_size=args.batch_size, lr=args.lr, width=args.width,
-                        limit_train=args.train_size, limit_test=args.test_size, device=args.device,
-                        seed=args.seed, progress=not args.no_progress, resume=args.resume,
-                        overwrite=args.overwrite, allow_changes=args.allow_change)
+    with _callbacks(args) as callbacks:
+        res = train_teacher(args.arch, args.dataset, args.epochs, args.out,
+                            data_root=args.data_root, batch_size=args.batch_size, lr=args.lr,
+                            width=args.width, limit_train=args.train_size,
+                            limit_test=args.test_size, device=args.device, seed=args.seed,
+                            progress=not args.no_progress, resume=args.resume,
+                            overwrite=args.overwrite, allow_changes=args.allow_change,
+                            **callbacks)
     print(f"teacher {args.arch}: test accuracy {res.history[-1]['test_acc']:.2f} %, saved to {args.out}")
     return 0
 
@@ -245,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=AT_LEAST_1, default=None, help=THREADS_HELP)
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    demo.add_argument("--tensorboard", metavar="DIR", default=None, help=TENSORBOARD_HELP)
     run_folder_args(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -283,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--backend", default=None, help="reference | torch | cpp | triton")
     tr.add_argument("--threads", type=AT_LEAST_1, default=None, help=THREADS_HELP)
     tr.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    tr.add_argument("--tensorboard", metavar="DIR", default=None, help=TENSORBOARD_HELP)
     tr.set_defaults(func=cmd_train)
 
     te = sub.add_parser("teacher", help="train a BP VGG teacher for KD presets")
@@ -301,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--seed", type=AT_LEAST_0, default=0, help="seed of the weights and batches")
     te.add_argument("--threads", type=AT_LEAST_1, default=None, help=THREADS_HELP)
     te.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    te.add_argument("--tensorboard", metavar="DIR", default=None, help=TENSORBOARD_HELP)
     te.add_argument("--out", required=True, help="checkpoint path (.pt)")
     run_folder_args(te)
     te.set_defaults(func=cmd_teacher)

@@ -2,12 +2,13 @@
 
 Run once from the repository root (the output is committed)::
 
-    python scripts/make_embedded_mnist.py [path/to/mnist.npz]
+    python scripts/make_embedded_mnist.py [path/to/mnist.npz]   # default: $EQKERN_DATA/mnist.npz
 
 Where the data came from
 ------------------------
-The source is ``shared/data/mnist.npz`` (default ``../shared/data/mnist.npz`` relative to the
-repository root), the full MNIST set (60000 train / 10000 test), **bit-exact**:
+The source is a full MNIST ``mnist.npz`` (60000 train / 10000 test; keys ``x_train``, ``y_train``,
+``x_test``, ``y_test``, ``class_names``), given as the argument or found in the data folder
+``$EQKERN_DATA``. The file the committed subset was built from is **bit-exact** MNIST:
 
 - Dataset: Y. LeCun, C. Cortes, C. J. C. Burges, "The MNIST database of handwritten digits";
   Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning applied to document
@@ -39,17 +40,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = REPO_ROOT / ".." / "shared" / "data" / "mnist.npz"
 DEFAULT_OUTPUT = REPO_ROOT / "eqkern" / "_data" / "mnist_subset.npz"
 TRAIN_PER_CLASS = 1000
 TEST_PER_CLASS = 200
-# Known sha256 of the shared bit-exact mnist.npz; a mismatch is only warned about, because a
+# Known sha256 of the bit-exact mnist.npz the subset was built from; a mismatch is only warned about, because a
 # different but equivalent copy (e.g. re-zipped) would still give the same arrays.
 EXPECTED_SHA256 = "20be2b5e9c6d6d83ede1b3f854b23a28cd4ae46a7c2437e731ec828ebc642234"
 
@@ -132,11 +133,20 @@ def build(source: Path, output: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE,
-                   help="full MNIST npz (default: ../shared/data/mnist.npz from the repo root)")
+    p.add_argument("source", nargs="?", type=Path, default=None,
+                   help="full MNIST npz (default: mnist.npz in the folder $EQKERN_DATA)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args()
-    build(args.source.resolve(), args.output)
+    source = args.source
+    if source is None:
+        data = os.environ.get("EQKERN_DATA")
+        if not data:
+            p.error("no source given and EQKERN_DATA is unset: pass the path of a full MNIST "
+                    "mnist.npz, or set EQKERN_DATA to the folder that holds it")
+        source = Path(data) / "mnist.npz"
+    if not source.is_file():
+        p.error(f"{source} is not a file: pass the path of a full MNIST mnist.npz")
+    build(source.resolve(), args.output)
 
 
 if __name__ == "__main__":

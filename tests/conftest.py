@@ -16,8 +16,16 @@ TRITON_INTERPRET defaults to 1 only where no CUDA device is visible (tests/inter
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from interpret_default import apply as _apply_interpret_default
+
+# eqkern only looks for data in root= or $EQKERN_DATA (a user has no folder beside the checkout);
+# the developers' real data (mnist.npz, cifar10.npz, ...) is in shared/data beside it, so the
+# tests read it from there unless EQKERN_DATA already says otherwise.
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if _SHARED_DATA.is_dir():
+    os.environ.setdefault("EQKERN_DATA", str(_SHARED_DATA))
 
 # Read at @triton.jit decoration time, so it must be set before anything imports eqkern: the
 # interpreter where no CUDA device is visible, compiled kernels where one is, unless the

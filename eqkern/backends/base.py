@@ -87,7 +87,9 @@ def accumulate_grads(grads: Mapping[nn.Parameter, torch.Tensor | None]) -> None:
     """Add ``grads`` into ``p.grad`` as ``backward()`` would: the one place a gradient is written.
 
     A parameter with ``requires_grad=False`` is skipped (it keeps its ``.grad``, usually None, and
-    so an optimizer does not move it); a missing gradient (None) counts as zero.
+    so an optimizer does not move it); a missing gradient (None) counts as zero. A gradient
+    computed in a wider dtype than its parameter (fp32 for a bf16/fp16 model,
+    :mod:`eqkern.backends.precision`) is rounded to the parameter's dtype here, once.
     """
     with torch.no_grad():
         for p, g in grads.items():
@@ -96,9 +98,9 @@ def accumulate_grads(grads: Mapping[nn.Parameter, torch.Tensor | None]) -> None:
             if g is None:
                 g = torch.zeros_like(p)
             if p.grad is None:
-                p.grad = g.detach().clone()
+                p.grad = g.detach().to(dtype=p.dtype, copy=True)
             else:
-                p.grad.add_(g)
+                p.grad.add_(g)  # a wider g: added in its dtype, the sum rounded once
 
 
 # β of a phase is one float for the whole batch, or a per-sample ``(batch,)`` tensor (the +β and −β

@@ -2,10 +2,12 @@
 
 Nothing here ever downloads: data comes from ``.npz`` files (``x_*`` uint8 ``(N, H, W)`` or
 ``(N, H, W, C)``, ``y_*`` uint8, ``class_names``) in a data folder, from torchvision's usual
-CIFAR folders in that same folder, or, for ``mnist_subset``, from the copy inside the package.
+folders in that same folder (``MNIST/raw/*-ubyte``, ``FashionMNIST/raw/*-ubyte``,
+``cifar-10-batches-py/``, ``cifar-100-python/``, read with torchvision, ``download=False``), or,
+for ``mnist_subset``, from the copy inside the package (no folder needed).
 
-The data folder is ``root=`` if given, else ``$EQKERN_DATA``, else ``../shared/data`` next to the
-repository checkout (see :func:`default_data_dir`).
+The data folder is ``root=`` if given, else ``$EQKERN_DATA``; there is no other default (see
+:func:`default_data_dir`).
 """
 
 from __future__ import annotations
@@ -36,21 +38,26 @@ class DatasetInfo:
     num_classes: int
     mean: tuple[float, ...]           # per channel, on the [0, 1] pixel scale
     std: tuple[float, ...]
-    torchvision_dir: str | None = None  # fallback: torchvision's folder under the same root
+    # Fallback when the npz is absent: torchvision's folder under the same root, and the
+    # torchvision.datasets class that reads it (both or neither).
+    torchvision_dir: str | None = None
+    torchvision_class: str | None = None
 
 
 _MNIST = ((0.1307,), (0.3081,))
 _CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("mnist.npz", (1, 28, 28), 10, *_MNIST),
+    "mnist": DatasetInfo("mnist.npz", (1, 28, 28), 10, *_MNIST, "MNIST", "MNIST"),
     # The embedded subset keeps the full-MNIST statistics so that models move between the two.
     "mnist_subset": DatasetInfo("mnist_subset.npz", (1, 28, 28), 10, *_MNIST),
-    "fashion_mnist": DatasetInfo("fashion_mnist.npz", (1, 28, 28), 10, (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo("cifar10.npz", (3, 32, 32), 10, *_CIFAR10, "cifar-10-batches-py"),
+    "fashion_mnist": DatasetInfo("fashion_mnist.npz", (1, 28, 28), 10, (0.2860,), (0.3530,),
+                                 "FashionMNIST", "FashionMNIST"),
+    "cifar10": DatasetInfo("cifar10.npz", (3, 32, 32), 10, *_CIFAR10, "cifar-10-batches-py",
+                           "CIFAR10"),
     "cifar10_subset": DatasetInfo("cifar10_subset.npz", (3, 32, 32), 10, *_CIFAR10),
     "cifar100": DatasetInfo("cifar100.npz", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409),
-                            (0.2673, 0.2564, 0.2762), "cifar-100-python"),
+                            (0.2673, 0.2564, 0.2762), "cifar-100-python", "CIFAR100"),
 }
 
 _EMBEDDED = "mnist_subset"
@@ -69,13 +76,10 @@ class DataSplit(NamedTuple):
 
 
 def default_data_dir() -> Path | None:
-    """``$EQKERN_DATA`` if set, else ``<checkout>/../shared/data`` if it exists, else ``None``."""
+    """``$EQKERN_DATA`` if set (and not empty), else ``None``: an installed package has no folder
+    of its own to guess, so without ``root=`` or the variable only ``mnist_subset`` loads."""
     env = os.environ.get("EQKERN_DATA")
-    if env:
-        return Path(env).expanduser()
-    # eqkern/data/datasets.py -> parents[2] is the checkout, parents[3] the folder holding it.
-    candidate = Path(__file__).resolve().parents[3] / "shared" / "data"
-    return candidate if candidate.is_dir() else None
+    return Path(env).expanduser() if env else None
 
 
 def load_dataset(
@@ -173,44 +177,54 @@ def _load_embedded(info: DatasetInfo) -> _Arrays:
 
 def _load_from_root(key: str, info: DatasetInfo, root: str | os.PathLike | None) -> _Arrays:
     folder = Path(root).expanduser() if root is not None else default_data_dir()
-    expected = info.file + (f" (or torchvision's {info.torchvision_dir}/)"
+    expected = info.file + (f" (or torchvision's {info.torchvision_dir}/ folder, read by "
+                            f"torchvision.datasets.{info.torchvision_class})"
                             if info.torchvision_dir else "")
     hint = (f"Pass the folder holding it as load_dataset({key!r}, root=...) or set "
             f"EQKERN_DATA=/path/to/folder. eqkern never downloads data; "
             f"'mnist_subset' is embedded and needs no folder.")
     if folder is None:
         raise MissingFileError(
-            f"dataset {key!r}: expected {expected}, but no data folder was found "
-            f"(no root=, EQKERN_DATA unset, and no ../shared/data next to the checkout "
-            f"{Path(__file__).resolve().parents[2]}). {hint}")
+            f"dataset {key!r}: expected {expected}, but no data folder was given (no root= and "
+            f"EQKERN_DATA is unset). {hint}")
     npz = folder / info.file
     if npz.is_file():
         return _read_npz(npz, info)
     if info.torchvision_dir and (folder / info.torchvision_dir).is_dir():
-        return _load_torchvision(key, folder)
+        return _load_torchvision(key, info, folder)
     raise MissingFileError(f"dataset {key!r}: {expected} not found in {folder}. {hint}")
 
 
-def _load_torchvision(key: str, folder: Path) -> _Arrays:
-    """CIFAR-10/100 from torchvision's extracted pickles; ``.data`` is already NHWC uint8."""
+def _load_torchvision(key: str, info: DatasetInfo, folder: Path) -> _Arrays:
+    """``info.torchvision_dir`` under ``folder`` read by ``torchvision.datasets.<class>`` (never
+    downloading). ``.data`` is NHWC uint8 (a numpy array for CIFAR, an ``(N, H, W)`` tensor for
+    the MNIST family) and ``.targets`` a list or a tensor; both are checked as an npz's are."""
+    where = folder / info.torchvision_dir
     try:
         from torchvision import datasets as tvd  # optional dependency, only needed here
     except ImportError as exc:
         raise MissingFileError(
-            f"dataset {key!r}: found {folder / DATASETS[key].torchvision_dir} but reading it needs "
-            f"torchvision, which is not installed; or provide {DATASETS[key].file} instead") from exc
-    cls = tvd.CIFAR10 if key == "cifar10" else tvd.CIFAR100
+            f"dataset {key!r}: found {where} but reading it needs torchvision, which is not "
+            f"installed; or provide {info.file} instead") from exc
+    cls = getattr(tvd, info.torchvision_class)
     try:
         train = cls(str(folder), train=True, download=False)
         test = cls(str(folder), train=False, download=False)
     except RuntimeError as exc:  # torchvision's own text suggests download=True; we never do
         raise MissingFileError(
-            f"dataset {key!r}: {folder / DATASETS[key].torchvision_dir} exists but torchvision "
-            f"rejected it ({exc}); it must hold the complete, unmodified extracted archive") from exc
-    arrays = {"x_train": train.data, "y_train": np.asarray(train.targets), "x_test": test.data,
-              "y_test": np.asarray(test.targets), "class_names": np.asarray(train.classes)}
-    where = f"torchvision folder {folder / DATASETS[key].torchvision_dir}"
-    return _check_arrays(arrays, DATASETS[key], where)
+            f"dataset {key!r}: {where} exists but torchvision rejected it ({first_line(exc)}); it "
+            f"must hold the complete, unmodified extracted files") from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged idx file fails an assert or a reshape
+        raise DataFileError(f"dataset {key!r}: torchvision cannot read {where} "
+                            f"({first_line(exc)}); replace it with a complete copy") from exc
+
+    def as_array(v: Any) -> np.ndarray:
+        return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+    arrays = {"x_train": as_array(train.data), "y_train": as_array(train.targets),
+              "x_test": as_array(test.data), "y_test": as_array(test.targets),
+              "class_names": np.asarray(train.classes)}
+    return _check_arrays(arrays, info, f"torchvision folder {where}")
 
 
 # --- checks ----------------------------------------------------------------------------------

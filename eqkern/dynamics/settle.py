@@ -12,6 +12,7 @@ import torch
 
 from eqkern.errors import ArgumentError
 from eqkern.backends import get_backend
+from eqkern.backends import precision
 from eqkern.backends.base import PhaseInputs
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
 from eqkern.model import checks
@@ -32,8 +33,11 @@ def check_phase_args(
     float or a per-sample ``(batch,)`` tensor, the class ids int64).
 
     Reads the values once (one host sync, :func:`eqkern.model.checks.check_values`): a NaN in ``x``
-    would otherwise come back as NaN gradients, a class id out of range as an indexing error."""
+    would otherwise come back as NaN gradients, a class id out of range as an indexing error.
+    Every entry point (settle, free_phase, ep_gradients, bptt_gradients) comes through here, so
+    this is where ``torch.autocast`` is refused (:func:`eqkern.backends.precision.check_no_autocast`)."""
     checks.check_input(model, x)
+    precision.check_no_autocast(x)
     beta = checks.check_beta(beta, x)
     if (isinstance(beta, torch.Tensor) or beta != 0.0) and targets is None:
         raise ArgumentError("a nudged phase (beta != 0) needs targets")
@@ -87,6 +91,12 @@ def settle(
     Bad arguments are :mod:`eqkern.errors` errors naming the argument; the values of ``x``,
     ``state``, a per-sample ``beta`` and ``targets`` are read once (one host sync) and refused when
     not finite or out of range, so a NaN input is an error, not a NaN state.
+
+    Precision: a model stored in float16 / bfloat16 (``model.to(torch.bfloat16)``, with ``x`` and
+    ``state`` in that dtype) runs the steps in float32 from float32 copies of the weights and
+    state, and ``state`` is rounded back to the storage dtype once, at the end
+    (:mod:`eqkern.backends.precision`). ``torch.autocast`` is refused with an ArgumentError that
+    says this.
     """
     steps = checks.as_count("steps", steps)
     tol, check_every = check_stop_args(tol, check_every)
@@ -98,8 +108,12 @@ def settle(
     checks.check_no_overlap({f"state[{i}]": s for i, s in enumerate(state)}, {"x": x})
     beta, targets = check_phase_args(model, x, beta, targets, state=state)
     be = get_backend(backend, x.device, model, schedule=schedule)
-    used = run_phase(be, model, PhaseInputs(x, state, beta, steps, targets, schedule), tol=tol,
-                     check_every=check_every, cuda_graph=cuda_graph)
+    phase = PhaseInputs(x, state, beta, steps, targets, schedule)
+    # A bf16/fp16 model settles in fp32 (eqkern.backends.precision); state is rounded back once.
+    with precision.compute_in(model) as dtype:
+        work = precision.upcast_phase(phase, dtype)
+        used = run_phase(be, model, work, tol=tol, check_every=check_every, cuda_graph=cuda_graph)
+        precision.write_back(state, work.state)
     return (state, used) if return_steps else state
 
 
@@ -118,7 +132,8 @@ def free_phase(
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
     ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run;
-    ``cuda_graph``: replay a captured graph of the phase (:func:`settle`)."""
+    ``cuda_graph``: replay a captured graph of the phase (:func:`settle`). The state is in the
+    model's dtype (a bf16/fp16 model settles in fp32 and is rounded once, at the end)."""
     t_free = checks.as_count("t_free", t_free)
     checks.check_input(model, x)  # before init_state reads x's batch, dtype and device
     return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,

@@ -16,7 +16,8 @@ import torch
 from eqkern.errors import ArgumentError
 from eqkern.model import energy
 from eqkern.backends import BACKENDS, get_backend
-from eqkern.backends.base import Backend, PhaseInputs, schedule_groups
+from eqkern.backends import precision
+from eqkern.backends.base import Backend, PhaseInputs, accumulate_grads, schedule_groups
 from eqkern.learning.ep import scalar
 from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
@@ -53,6 +54,9 @@ def bptt_gradients(
     ``backend``: a ``differentiable`` backend (its steps unroll under autograd), ``"torch"`` by
     default; a backend that is not is a ValueError that says why.
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids.
+    A bfloat16 / float16 model runs the steps and their graph in float32 (as
+    :func:`eqkern.ep_gradients`); ``final_state`` comes back in the model's dtype, the gradients
+    in the parameters'. ``torch.autocast`` is refused with an ArgumentError that says this.
     """
     # BPTT backpropagates through at least one step: t_free = 0 has no graph to differentiate.
     t_free = as_count("t_free", t_free, minimum=1)
@@ -62,17 +66,26 @@ def bptt_gradients(
     _, y = check_phase_args(model, x, 0.0, y)
     schedule_groups(model.num_layers, schedule)  # rejects an unknown schedule
     be = differentiable_backend(backend, x.device, model, schedule)
-    state = model.init_state(x.shape[0], like=x)
-    with torch.no_grad():
-        be.settle(model, PhaseInputs(x, state, 0.0, t_free - truncate, None, schedule))
-    with torch.enable_grad():
-        state = be.unroll(model, x, state, truncate, schedule=schedule)
-        loss = energy.total_loss(model, state, y) / x.shape[0]
-        loss.backward()
-    final = [s.detach() for s in state]
-    with torch.no_grad():
-        predictions = model.predict(final)
-    return BPTTResult(final, predictions, scalar(loss))
+    storage = x.dtype
+    # bf16/fp16: the steps and their graph in fp32 (eqkern.backends.precision), so the gradient
+    # is autograd's of the fp32 dynamics, rounded once when written.
+    with precision.compute_in(model) as dtype:
+        x, y = precision.upcast(x, dtype), precision.upcast_targets(y, dtype)
+        state = model.init_state(x.shape[0], like=x)
+        with torch.no_grad():
+            be.settle(model, PhaseInputs(x, state, 0.0, t_free - truncate, None, schedule))
+        with torch.enable_grad():
+            state = be.unroll(model, x, state, truncate, schedule=schedule)
+            loss = energy.total_loss(model, state, y) / x.shape[0]
+            params = [p for p in model.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss, params, allow_unused=True) if params else ()
+        final = [s.detach() for s in state]
+        with torch.no_grad():
+            predictions = model.predict(final)
+    # Written after the block, in the parameters' own dtype; a parameter the loss does not reach
+    # keeps its .grad, as with loss.backward().
+    accumulate_grads({p: g for p, g in zip(params, grads) if g is not None})
+    return BPTTResult([precision.upcast(s, storage) for s in final], predictions, scalar(loss))
 
 
 def differentiable_backend(name: str | None, device: torch.device, model: CRNN,

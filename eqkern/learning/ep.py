@@ -20,6 +20,7 @@ from eqkern.learning.separate_feedback import feedback_gradients, resolve_rule
 from eqkern.model.auxiliary import repeat_targets
 from eqkern.model.checks import as_count
 from eqkern.backends import get_backend
+from eqkern.backends import precision
 from eqkern.backends.base import Phase, PhaseInputs, accumulate_grads
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
 from eqkern.learning.fre import fre_gradients
@@ -40,7 +41,8 @@ def scalar(t: torch.Tensor) -> float:
 class EPResult:
     """What one EP gradient estimate saw.
 
-    free_state: the free-phase equilibrium, one ``(batch, *shape)`` tensor per layer;
+    free_state: the free-phase equilibrium, one ``(batch, *shape)`` tensor per layer, in the
+    model's dtype (a bf16/fp16 model settles in fp32: its free state is rounded once, at the end);
     predictions: ``(batch,)`` classes predicted at it; loss: mean loss at it;
     beta: the nudging strength used (its sign is random for ``random_sign``);
     free_steps / nudge_steps: the steps the free phase and the nudged phase(s) ran (the caps
@@ -105,6 +107,13 @@ def ep_gradients(
     first, as before ``backward()``; ``g`` is a descent direction, so any ``torch.optim`` works.
     A parameter with ``requires_grad=False`` gets no gradient (its ``.grad`` is left as it is).
 
+    Mixed precision: for a model stored in bfloat16 or float16 (``model.to(torch.bfloat16)``,
+    ``x`` in that dtype) every phase, the contrastive estimate and its ``1/β`` are computed in
+    float32 from float32 copies of the weights (one cast per call), and only the gradient written
+    to ``.grad`` is in the parameters' dtype (:mod:`eqkern.backends.precision`; the same for
+    ``rule="fre"`` and the separate-feedback rules). ``loss`` is the fp32 value; ``predictions``
+    are int64 class ids. ``torch.autocast`` is refused with an ArgumentError that says this.
+
     Separate feedback weights (``CRNN(feedback="separate")``, :mod:`eqkern.learning.separate_feedback`): ``rule``
     is ``"kp-vf"`` (the default for such a model: ``W_l`` and ``B_l`` get the same update, Laborieux
     eq. 43), ``"vf"`` (eq. 42) or ``"ep"`` (``B_l`` fixed); ``leakage`` ``λ ≥ 0`` adds ``λ·W_l`` and
@@ -138,7 +147,11 @@ def ep_gradients(
         return run_phase(be, model, PhaseInputs(inputs, state, b, steps, targets, schedule),
                          tol=tol, check_every=check_every, cuda_graph=cuda_graph)
 
-    with torch.no_grad():
+    storage = x.dtype  # = the parameters' (checked)
+    # bf16/fp16 models: phases, estimate and loss in fp32 from one upcast of the weights, input
+    # and teacher features (eqkern.backends.precision); the gradients are rounded when written.
+    with torch.no_grad(), precision.compute_in(model) as dtype:
+        x, y = precision.upcast(x, dtype), precision.upcast_targets(y, dtype)
         state = model.init_state(batch, like=x)
         free_steps = phase(x, state, 0.0, t_free, None)
         free = [s.clone() for s in state]
@@ -163,9 +176,10 @@ def ep_gradients(
             if model.separate_feedback:
                 feedback_gradients(be, model, grads, Phase(plus, beta), other, free, rule=rule,
                                    leakage=float(leakage))
-        accumulate_grads(grads)
         loss = scalar(energy.loss(model, free[-1], y)) / batch
         predictions = model.predict(free)
+    accumulate_grads(grads)  # after the block: the parameters hold their own dtype again
+    free = [precision.upcast(s, storage) for s in free]  # rounded to the model's dtype
     return EPResult(free, predictions, loss, beta, free_steps, nudge_steps, total)
 
 

@@ -8,14 +8,15 @@ from typing import Any, Callable, Mapping
 import torch
 
 from eqkern.errors import ArgumentError
-from eqkern.data.datasets import DataSplit, check_split
+from eqkern.data.datasets import DATASETS, DataSplit, check_split
+from eqkern.data.sources import TrainingData, as_training_data
 from eqkern.model.auxiliary import Distill, LocalError, Targets
 from eqkern.model.crnn import CRNN
 from eqkern.training.kappa import KappaSchedule, make_schedule
 from eqkern.training.presets import Preset, get_preset
 
-__all__ = ["build_model", "make_kappa_schedule", "resolve_preset", "limit_data", "resolve_teacher",
-           "teacher_targets"]
+__all__ = ["build_model", "make_kappa_schedule", "resolve_preset", "limit_data", "resolve_source",
+           "resolve_teacher", "teacher_targets"]
 
 
 def build_model(preset: Preset, input_shape, num_classes: int) -> CRNN:
@@ -60,6 +61,27 @@ def limit_data(data: DataSplit, cfg: Any, device) -> DataSplit:
         xte, yte = xte[:cfg.test_size], yte[:cfg.test_size]
     return data._replace(x_train=xtr.to(device), y_train=ytr.to(device), x_test=xte.to(device),
                          y_test=yte.to(device))
+
+
+def resolve_source(data: Any, test_data: Any, cfg: Any) -> tuple[TrainingData, tuple, int]:
+    """A user's ``Dataset``, ``DataLoader`` or iterable of batches (not a DataSplit: see
+    :func:`limit_data`) as the engine's training data, with the input shape and class count the
+    model is built for: the data's own when it tells them, else the config's dataset's."""
+    for name in ("train_size", "test_size"):
+        if getattr(cfg, name) is not None:
+            raise ArgumentError(f"{name}={getattr(cfg, name)} keeps the first examples of in-memory "
+                                f"data (a DataSplit); for a Dataset pass torch.utils.data.Subset("
+                                f"dataset, range(n)) instead, a DataLoader is used as given")
+    source = as_training_data(data, test_data)
+    known = DATASETS.get(cfg.dataset)
+    shape = source.input_shape or (known.input_shape if known else None)
+    classes = source.num_classes or (known.num_classes if known else None)
+    if shape is None or classes is None:
+        what = source.train.describe()
+        raise ArgumentError(f"cannot tell the input shape and number of classes of {what}: use a "
+                            f"dataset whose examples and `classes` tell them, or a config whose "
+                            f"dataset is one of {', '.join(sorted(DATASETS))}")
+    return source, tuple(shape), int(classes)
 
 
 def resolve_teacher(cfg: Preset, teacher, device) -> Any:

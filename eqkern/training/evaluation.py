@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +14,11 @@ from eqkern.dynamics.settle import free_phase
 from eqkern.model import energy
 from eqkern.model.crnn import CRNN
 
-__all__ = ["evaluate", "evaluate_classifier", "check_finite"]
+__all__ = ["evaluate", "evaluate_batches", "evaluate_classifier", "evaluate_classifier_batches",
+           "as_rates", "check_finite"]
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
@@ -23,27 +29,54 @@ def evaluate(
 ) -> tuple[float, float]:
     """(accuracy in %, mean loss) of the free-phase equilibrium on ``x: (N, ...)``, ``y: (N,)``
     (``schedule``, ``tol``, ``check_every``: as in :func:`eqkern.free_phase`)."""
-    correct, loss = 0, 0.0
-    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
+    sums = evaluate_batches(model, iterate_batches(x, y, batch_size, shuffle=False),
+                            t_free=t_free, backend=backend, schedule=schedule, tol=tol,
+                            check_every=check_every)
+    return as_rates(*sums)
+
+
+@torch.no_grad()
+def evaluate_batches(model: CRNN, batches: Batches, *, t_free: int, backend: str | None = None,
+                     schedule: str = "synchronous", tol: float | None = None,
+                     check_every: int = 10) -> tuple[int, float, int]:
+    """(correct, summed loss, examples) of the free-phase equilibrium over ``batches`` of
+    ``(x: (B, ...), y: (B,))``: sums, so that shares of a test set (ranks) add up."""
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in batches:
         state = free_phase(model, xb, t_free, backend=backend, schedule=schedule, tol=tol,
                            check_every=check_every)
         correct += (model.predict(state) == yb).sum().item()
         loss += energy.loss(model, state[-1], yb).item()
-    return 100.0 * correct / len(y), loss / len(y)
+        n += len(yb)
+    return correct, loss, n
 
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         batch_size: int = 500) -> tuple[float, float]:
     """(accuracy in %, mean cross-entropy) of a feed-forward classifier, in eval mode."""
+    return as_rates(*evaluate_classifier_batches(model, iterate_batches(x, y, batch_size,
+                                                                        shuffle=False)))
+
+
+@torch.no_grad()
+def evaluate_classifier_batches(model: nn.Module, batches: Batches) -> tuple[int, float, int]:
+    """(correct, summed cross-entropy, examples) of a feed-forward classifier over ``batches``,
+    in eval mode (left in it)."""
     model.eval()
-    correct, loss = 0, 0.0
-    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in batches:
         logits = model(xb)
         correct += (logits.argmax(1) == yb).sum().item()
         loss += F.cross_entropy(logits, yb, reduction="sum").item()
-    n = max(1, len(y))
-    return 100.0 * correct / n, loss / n
+        n += len(yb)
+    return correct, loss, n
+
+
+def as_rates(correct: float, loss_sum: float, n: float) -> tuple[float, float]:
+    """(accuracy in %, mean loss) from sums; (0, 0) for no examples."""
+    n = max(1, n)
+    return 100.0 * correct / n, loss_sum / n
 
 
 def check_finite(model: nn.Module, where: str) -> None:

@@ -1,7 +1,8 @@
 """The swappable training step of :func:`eqkern.training.engine.fit`: one batch's gradients.
 
 A step adds its gradient estimate to the ``.grad`` of the parameters (the engine zeroes them
-before and runs the optimizer after) and evaluates the model the same way it trains it:
+before and runs the optimizer after) and evaluates the model the same way it trains it
+(``evaluate(model, batches)``: correct, summed loss and examples over ``(x, y)`` batches):
 
 * :class:`EPStep`: ``ep_gradients`` with the config's β, phases, estimator, rule, leakage,
   schedule, convergence stop, batched nudge and backend;
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from eqkern.errors import ArgumentError
 from eqkern.learning.bptt import bptt_gradients
 from eqkern.learning.ep import ep_gradients
-from eqkern.training.evaluation import evaluate, evaluate_classifier
+from eqkern.training.evaluation import evaluate_batches, evaluate_classifier_batches
 
 __all__ = ["StepResult", "EPStep", "BPTTStep", "BackpropStep", "make_step"]
 
@@ -42,11 +43,10 @@ class _CRNNStep:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
-    def evaluate(self, model, x, y) -> tuple[float, float]:
+    def evaluate(self, model, batches) -> tuple[int, float, int]:
         c = self.cfg
-        return evaluate(model, x, y, t_free=c.t_free, batch_size=c.eval_batch_size,
-                        backend=c.backend, schedule=c.schedule, tol=c.tol,
-                        check_every=c.check_every)
+        return evaluate_batches(model, batches, t_free=c.t_free, backend=c.backend,
+                                schedule=c.schedule, tol=c.tol, check_every=c.check_every)
 
 
 class EPStep(_CRNNStep):
@@ -78,9 +78,9 @@ class BackpropStep:
             loss.backward()
         return StepResult(logits.detach().argmax(1), loss.item())
 
-    def evaluate(self, model, x, y) -> tuple[float, float]:
+    def evaluate(self, model, batches) -> tuple[int, float, int]:
         try:
-            return evaluate_classifier(model, x, y, batch_size=self.cfg.eval_batch_size)
+            return evaluate_classifier_batches(model, batches)
         finally:
             model.train()
 

@@ -25,6 +25,7 @@ from eqkern.model.vgg import (VGG, VGG_ARCHS, build_teacher, check_vgg_config, m
                               teacher_features, vgg_state_size)
 from eqkern.training.build import limit_data
 from eqkern.training.config import DataSection, OptimSection, RunSection, check_fields, choice
+from eqkern.training.distributed import local_device
 from eqkern.training.engine import Outputs, fit
 from eqkern.validate import as_float, describe
 
@@ -180,6 +181,7 @@ def train_teacher(
     resume: bool = False,
     overwrite: bool = False,
     allow_changes: Iterable[str] = (),
+    callbacks: Any = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> TeacherResult:
     """Train a VGG teacher by backprop (SGD + momentum, cosine annealing, crop + flip).
@@ -187,10 +189,11 @@ def train_teacher(
     ``dataset``: a name for :func:`eqkern.data.datasets.load_dataset` or a loaded ``DataSplit``.
     With ``out`` the checkpoint is written atomically after every epoch (and at Ctrl-C);
     ``resume=True`` continues from it; a fresh run over an existing ``out`` is refused unless
-    ``overwrite=True``; ``allow_changes``: config fields that may differ on resume (see
-    :func:`eqkern.training.engine.fit`).
+    ``overwrite=True``; ``allow_changes``: config fields that may differ on resume;
+    ``callbacks``: record sinks such as ``TensorBoardCallback(dir)`` (both: see
+    :func:`eqkern.training.engine.fit`). Under ``torchrun`` the training is data-parallel.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = local_device(device)
     if not isinstance(dataset, (str, DataSplit)):
         raise ArgumentTypeError(f"dataset must be a dataset name or a DataSplit, got "
                                 f"{describe(dataset)}")
@@ -208,6 +211,7 @@ def train_teacher(
     out_path = Path(out) if out is not None else None
     outputs = Outputs.beside(out_path, f"teacher {arch} (width {width:g})") if out_path else None
     history = fit(teacher, data, cfg, out_dir=outputs, resume=resume, overwrite=overwrite,
-                  allow_changes=allow_changes, progress=progress, log=log, on_batch=on_batch, label=f"teacher {arch}", extra={"teacher": teacher.config()})
+                  allow_changes=allow_changes, progress=progress, log=log, callbacks=callbacks,
+                  on_batch=on_batch, label=f"teacher {arch}", extra={"teacher": teacher.config()})
     teacher.eval()
     return TeacherResult(teacher, history, out_path)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from eqkern.errors import ArgumentError
 from eqkern.data.datasets import DataSplit
@@ -17,20 +17,25 @@ __all__ = ["train", "TrainConfig"]
 
 def train(
     model: CRNN,
-    data: DataSplit,
+    data: DataSplit | Any,
     config: Preset,
     *,
+    test_data: Any = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
     allow_changes: Iterable[str] = (),
     progress: bool = True,
     log: Callable[[str], None] = print,
+    callbacks: Any = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` on ``data`` and return one metrics dict per epoch.
 
-    ``config``: a :class:`Preset`, e.g. ``TrainConfig(epochs=..., lr=...)`` (the ``demo-mnist``
+    ``data``: a :class:`DataSplit`, or a ``Dataset``, ``DataLoader`` or re-iterable of
+    ``(x, y)`` batches (a ``(train, test)`` pair, or the training data with ``test_data``).
+    ``callbacks``: per-batch / per-epoch record sinks, e.g. ``TensorBoardCallback(dir)`` (see
+    :func:`eqkern.training.engine.fit`). ``config``: a :class:`Preset`, e.g. ``TrainConfig(epochs=..., lr=...)`` (the ``demo-mnist``
     preset with overrides); its ``arch`` is not used, ``model`` is trained as given.
 
     With ``out_dir``: ``metrics.jsonl`` (one JSON line per epoch), ``curves.png`` and an atomic
@@ -44,5 +49,6 @@ def train(
         raise ArgumentError(f"method must be 'ep' or 'bptt', got {config.method!r}")
     model.default_steps = config.t_free
     out = Outputs.folder(out_dir, f"eqkern {config.method.upper()}") if out_dir is not None else None
-    return fit(model, data, config, out_dir=out, resume=resume, overwrite=overwrite,
-               allow_changes=allow_changes, progress=progress, log=log, on_batch=on_batch)
+    return fit(model, data, config, test_data=test_data, out_dir=out, resume=resume,
+               overwrite=overwrite, allow_changes=allow_changes, progress=progress, log=log,
+               callbacks=callbacks, on_batch=on_batch)

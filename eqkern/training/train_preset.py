@@ -22,6 +22,7 @@ import torch
 from eqkern.data.datasets import DataSplit, load_dataset
 from eqkern.model.crnn import CRNN
 from eqkern.training import build
+from eqkern.training.distributed import local_device
 from eqkern.training.engine import Outputs, fit
 from eqkern.training.optim import make_optimizer
 from eqkern.training.presets import Preset
@@ -49,7 +50,8 @@ class TrainResult:
 def train_vgg(
     preset_or_config: str | Preset | Mapping = "vgg7-le-cifar10",
     *,
-    data: DataSplit | None = None,
+    data: Any = None,
+    test_data: Any = None,
     data_root: str | os.PathLike | None = None,
     teacher=None,
     optimizer=None,
@@ -60,13 +62,19 @@ def train_vgg(
     device: str | torch.device | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    callbacks: Any = None,
     on_batch: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train a preset (a name, a :class:`Preset`, or a mapping with ``name`` and overrides).
 
     ``overrides``: any :class:`Preset` field (``epochs``, ``width``, ``t_free``, ``lr``, ...).
-    ``data``: an already loaded split (else the preset's dataset from ``data_root``).
+    ``data``: an already loaded :class:`DataSplit`, or a ``Dataset``, ``DataLoader`` or
+    re-iterable of ``(x, y)`` batches (a ``(train, test)`` pair, or the training data with
+    ``test_data``; see :func:`eqkern.training.engine.fit`); else the preset's dataset from
+    ``data_root``. ``callbacks``: see :func:`eqkern.training.engine.fit` (e.g.
+    ``[TensorBoardCallback("runs/tb")]``). Under ``torchrun`` the run is data-parallel, each
+    rank on ``cuda:$LOCAL_RANK`` (or the CPU).
     ``teacher``: for KD, a :class:`eqkern.training.teacher.VGG` or a checkpoint path (else the preset's
     ``teacher_path``). ``optimizer``: see :func:`eqkern.training.optim.make_optimizer`.
     ``on_batch(epoch, batch)`` is called after every batch (0-based; for progress hooks and tests).
@@ -75,23 +83,29 @@ def train_vgg(
     differ from the checkpoint's on resume (see :func:`eqkern.training.engine.fit`).
     """
     cfg = build.resolve_preset(preset_or_config, overrides)
-    if data is not None:
-        data = build.limit_data(data, cfg, device)  # checked first; device None: where it is
-    device = torch.device(device) if device is not None else (
-        data.x_train.device if data is not None else
-        torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    given = device
+    device = local_device(device if device is not None else
+                          data.x_train.device if isinstance(data, DataSplit) else None)
+    source = shape = classes = None
+    if isinstance(data, DataSplit):
+        data = build.limit_data(data, cfg, device if given is not None else None)  # checked first
+    elif data is not None:
+        source, shape, classes = build.resolve_source(data, test_data, cfg)
     teacher = build.resolve_teacher(cfg, teacher, device)  # a bad teacher fails before the data
     torch.manual_seed(cfg.seed)
     if data is None:
         data = load_dataset(cfg.dataset, data_root, device=device, limit_train=cfg.train_size,
                             limit_test=cfg.test_size)
-    model = build.build_model(cfg, data.input_shape, data.num_classes).to(device)
+    if source is None:
+        shape, classes = data.input_shape, data.num_classes
+    model = build.build_model(cfg, shape, classes).to(device)
     model.default_steps = cfg.t_free
     targets_of = build.teacher_targets(cfg, model, teacher)
     out = (Outputs.folder(out_dir, f"eqkern {cfg.name} (width {cfg.width:g})")
            if out_dir is not None else None)
-    history = fit(model, data, cfg, optimizer=make_optimizer(model, cfg, optimizer),
+    history = fit(model, source if source is not None else data, cfg,
+                  optimizer=make_optimizer(model, cfg, optimizer),
                   kappa=build.make_kappa_schedule(cfg), out_dir=out, resume=resume,
                   overwrite=overwrite, allow_changes=allow_changes, progress=progress, log=log,
-                  on_batch=on_batch, targets_of=targets_of)
+                  callbacks=callbacks, on_batch=on_batch, targets_of=targets_of)
     return TrainResult(cfg, history, model, Path(out_dir) if out_dir is not None else None)

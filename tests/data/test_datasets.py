@@ -89,6 +89,56 @@ def test_env_var_sets_default_dir(tmp_path, monkeypatch):
         load_dataset("fashion_mnist")
 
 
+def test_no_default_folder(monkeypatch):
+    """Without root= and EQKERN_DATA there is no folder (none is guessed beside the checkout)."""
+    monkeypatch.delenv("EQKERN_DATA", raising=False)
+    assert datasets.default_data_dir() is None
+    with pytest.raises(FileNotFoundError) as exc:
+        load_dataset("mnist")
+    msg = str(exc.value)
+    print(msg)
+    assert "root=" in msg and "EQKERN_DATA" in msg and "mnist_subset" in msg
+    assert "shared" not in msg
+    assert load_dataset("mnist_subset", limit_train=10).x_train.shape == (10, 1, 28, 28)
+
+
+def _idx(path: Path, magic: int, arr: np.ndarray) -> None:
+    """An idx-ubyte file: big-endian magic (0x0803 images, 0x0801 labels), dims, then bytes."""
+    import struct
+
+    header = struct.pack(f">I{arr.ndim}I", magic, *arr.shape)
+    path.write_bytes(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("key, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_torchvision_mnist_layout(tmp_path, key, folder):
+    """torchvision's MNIST/raw/*-ubyte (read from raw/ directly: no processed/ folder needed)."""
+    pytest.importorskip("torchvision")
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x_tr, x_te = rng.integers(0, 256, (6, 28, 28)), rng.integers(0, 256, (3, 28, 28))
+    y_tr, y_te = np.array([0, 1, 2, 3, 4, 9]), np.array([5, 6, 7])
+    _idx(raw / "train-images-idx3-ubyte", 0x803, x_tr)
+    _idx(raw / "train-labels-idx1-ubyte", 0x801, y_tr)
+    _idx(raw / "t10k-images-idx3-ubyte", 0x803, x_te)
+    with pytest.raises(FileNotFoundError, match="torchvision rejected"):  # t10k labels missing
+        load_dataset(key, root=tmp_path)
+    _idx(raw / "t10k-labels-idx1-ubyte", 0x801, y_te)
+    d = load_dataset(key, root=tmp_path)
+    info = DATASETS[key]
+    print(d.x_train.shape, d.y_train.tolist(), d.class_names[:2])
+    assert d.x_train.shape == (6, 1, 28, 28) and d.x_test.shape == (3, 1, 28, 28)
+    assert d.y_train.tolist() == y_tr.tolist() and d.y_test.tolist() == y_te.tolist()
+    assert len(d.class_names) == 10 and d.num_classes == 10
+    expect = (x_tr[4, 5, 7] / 255 - info.mean[0]) / info.std[0]
+    assert d.x_train[4, 0, 5, 7].item() == pytest.approx(expect, abs=1e-5)
+    # A damaged file is a DataFileError naming the folder, not an AssertionError from torchvision.
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00")
+    with pytest.raises(ValueError, match=f"cannot read .*{folder}"):
+        load_dataset(key, root=tmp_path)
+
+
 def test_npz_in_root(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "cifar10_subset.npz",
