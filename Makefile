@@ -5,7 +5,7 @@ VENV        ?= .venv
 VPY         := $(VENV)/bin/python
 # The dev/CI torch: a CUDA build (from local disk here) so that the CUDA kernels compile and link.
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
-DEPS        := numpy tqdm filelock matplotlib ninja setuptools wheel pytest pytest-benchmark import-linter
+DEPS        := numpy tqdm filelock matplotlib ninja setuptools wheel pytest pytest-benchmark import-linter tensorboard
 MAX_JOBS    ?= 2
 # torch guesses CUDA_HOME from the nvcc on PATH, which is a wrapper script here: name it.
 CUDA_HOME   ?= $(if $(wildcard /usr/local/cuda/include/cuda_runtime.h),/usr/local/cuda,)

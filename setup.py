@@ -1,13 +1,22 @@
-"""Build of eqkern's native extension ``eqkern._C`` (metadata lives in pyproject.toml).
+"""Build of eqkern's native extension ``eqkern._C`` (the static metadata lives in pyproject.toml).
 
 Install with ``pip install --no-build-isolation [-e] .``: the extension is compiled against the torch
-already installed, which build isolation would replace (CONVENTIONS §4). Environment:
+already installed, which build isolation would replace by another one (docs/conventions.md). The
+libtorch C++ ABI changes between torch releases, so a build with native code requires the torch
+release it was built with (``torch==X.Y.Z``, which its local builds such as ``+cu130`` satisfy); a
+pure-Python build (``EQKERN_CPP=0``) keeps the loose ``torch>=2.6``. Environment:
 
 * ``EQKERN_CPP=1|0``: ``0`` installs pure Python (no ``eqkern._C``; the torch backends still work).
 * ``EQKERN_CUDA=auto|0|1``: CUDA kernels when torch is a CUDA build and the toolkit is found
   (``auto``), never (``0``), or fail if that is impossible (``1``). A visible GPU is not needed.
-* ``TORCH_CUDA_ARCH_LIST`` (default ``9.0`` when no GPU is visible), ``CUDA_HOME``, ``MAX_JOBS``,
-  ``DEBUG=1`` (``-O0 -g``).
+* ``TORCH_CUDA_ARCH_LIST``: the GPUs to compile for. Unset with a visible GPU, torch detects it;
+  unset without one (a wheel or CI build), :data:`DEFAULT_CUDA_ARCH_LIST` =
+  ``8.0;8.6;8.9;9.0+PTX``: cubins for A100 (8.0), RTX 30xx / A10 / A40 (8.6), RTX 40xx / L4 / L40
+  (8.9) and H100 / H200 (9.0), plus compute_90 PTX that the driver JIT-compiles on newer GPUs
+  (sm_80 cubins also run on the other 8.x GPUs; PTX only runs on its own arch or newer). The three
+  extra cubins cost about half a minute of a 2-core build, so ``make install`` keeps this default;
+  ``TORCH_CUDA_ARCH_LIST=9.0+PTX`` (or ``9.0``) builds faster.
+* ``CUDA_HOME``, ``MAX_JOBS``, ``DEBUG=1`` (``-O0 -g``).
 """
 
 from __future__ import annotations
@@ -24,6 +33,12 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent.resolve()
+# Cross-compile targets when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible: the common data
+# centre and desktop GPUs, and PTX of the newest so that later GPUs can still JIT it.
+DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
+# Runtime dependencies besides torch, whose requirement depends on the build (see _torch_requirement).
+BASE_REQUIREMENTS = ["numpy", "tqdm", "matplotlib", "filelock"]
+LOOSE_TORCH = "torch>=2.6"
 EQKERN_CPP = os.environ.get("EQKERN_CPP", "1")
 EQKERN_CUDA = os.environ.get("EQKERN_CUDA", "auto")
 DEBUG = os.environ.get("DEBUG", "0") == "1"
@@ -67,11 +82,12 @@ else:
         cuda_reason = "EQKERN_CUDA=0"
 
     # torch's arch detection needs a visible GPU (IndexError without one, torch 2.14): cross-compile
-    # for H100/H200. device_count() only asks the driver; it is not the build decision.
+    # for the common GPUs. device_count() only asks the driver; it is not the build decision.
     if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-        print("eqkern: no GPU visible, cross-compiling CUDA kernels for TORCH_CUDA_ARCH_LIST=9.0 "
-              "(sm_90, H100/H200); set TORCH_CUDA_ARCH_LIST to target other GPUs")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+        print(f"eqkern: no GPU visible, cross-compiling CUDA kernels for TORCH_CUDA_ARCH_LIST="
+              f"{DEFAULT_CUDA_ARCH_LIST} (A100, RTX 30xx, RTX 40xx/L4/L40, H100/H200, + PTX); set "
+              f"TORCH_CUDA_ARCH_LIST to target other GPUs or to build faster")
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern)))  # noqa: E731
     sources = rel("csrc/*.cpp") + rel("csrc/loop/*.cpp") + rel("csrc/cpu/*.cpp")
@@ -99,6 +115,15 @@ else:
     print(f"eqkern: torch {torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME={cuda_home}, "
           + ("building CPU + CUDA kernels, arch list " + build_info["cuda_arch_list"] if use_cuda
              else f"building CPU kernels only ({cuda_reason})"))
+
+
+def _torch_requirement() -> str:
+    """``torch==X.Y.Z``, the release of the torch that ran this build, when native code is built
+    (its C++ ABI is per release), else the loose floor. The local label (``+cu130``) is dropped: a
+    pin on it would refuse the same release from an index whose wheels carry another or none."""
+    if not ext_modules:
+        return LOOSE_TORCH
+    return f"torch=={build_info['torch'].split('+', 1)[0]}"
 
 
 def write_build_info(build_lib: str, inplace: bool) -> None:
@@ -137,6 +162,7 @@ if ext_modules:
     cmdclass["build_ext"] = BuildExtWithInfo
 
 setup(
+    install_requires=[_torch_requirement(), *BASE_REQUIREMENTS],  # pyproject.toml: dynamic
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},

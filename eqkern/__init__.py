@@ -4,7 +4,9 @@ Public API: the model description (:class:`CRNN`, :class:`Conv`, :class:`Linear`
 (:func:`settle`), the learning rules (:func:`ep_gradients` with the contrastive rule or FRE-RNN's
 ``rule="fre"``, :func:`bptt_gradients`), FRE-RNN skip topologies (:func:`residual_skips`,
 :func:`random_skips`), the GDU check (:func:`check_gdu`), a small training loop (:func:`train`),
-:func:`info`, and for separate feedback weights (``CRNN(feedback="separate")``,
+:func:`train_vgg` (paper presets; data-parallel under ``torchrun``), the data
+(:func:`load_dataset`, :class:`DataSplit`; a ``Dataset`` or ``DataLoader`` works too), record
+sinks (:class:`Callback`, :class:`TensorBoardCallback`), :func:`info`, and for separate feedback weights (``CRNN(feedback="separate")``,
 :mod:`eqkern.learning.separate_feedback`) :func:`weight_angles`.
 """
 
@@ -28,6 +30,9 @@ try:
     from eqkern.training.evaluation import evaluate
     from eqkern.training.train_crnn import train
     from eqkern.data.crop_flip import crop_flip
+    from eqkern.data.datasets import DataSplit, load_dataset
+    from eqkern.training.callbacks import Callback
+    from eqkern.training.tensorboard import TensorBoardCallback
     from eqkern.training.presets import Preset, TrainConfig, get_preset, list_presets
     from eqkern.training.kappa import (ConstantKappa, CosineKappa, ExponentialKappa, LinearKappa, StepKappa,
                             make_schedule)
@@ -63,5 +68,5 @@ __all__ = [
     "train_vgg", "TrainResult", "Preset", "get_preset", "list_presets", "train_teacher",
     "teacher_features", "load_teacher", "crop_flip", "make_schedule", "ConstantKappa",
     "LinearKappa", "ExponentialKappa", "CosineKappa", "StepKappa", "weight_angles", "residual_skips",
-    "random_skips",
+    "random_skips", "DataSplit", "load_dataset", "Callback", "TensorBoardCallback",
 ]

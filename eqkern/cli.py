@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -69,7 +70,7 @@ def _callbacks(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     keyword at all, so the entry point runs exactly as without callbacks). Made before the data
     are loaded, so a missing tensorboard package is reported at once; closed at the end also when
     the entry point fails before its engine starts (which would close them)."""
-    if args.tensorboard is None:
+    if args.tensorboard is None or _rank() != 0:  # rank 0 alone logs a data-parallel run
         yield {}
         return
     from eqkern.training.tensorboard import TensorBoardCallback
@@ -79,6 +80,14 @@ def _callbacks(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         yield {"callbacks": [tb]}
     finally:
         tb.close()  # a no-op when the engine closed it
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -374,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     missing folder, no permission, a full disk) is one line on stderr and exit code 2, with the
     traceback too under ``--debug``; anything else is a bug in eqkern: its traceback and exit 1."""
     args = build_parser().parse_args(argv)
+    if _rank() != 0:
+        # Under torchrun every rank runs the command; rank 0 speaks for all of them (errors,
+        # on stderr, still come from the rank that has them).
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
         _apply_common(args)
         return args.func(args)

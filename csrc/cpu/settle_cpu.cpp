@@ -1,4 +1,4 @@
-// CPU kernels of eqkern::settle and eqkern::hebbian_update: the loops of ../settle_loop.cpp with
+// CPU kernels of eqkern::settle and eqkern::hebbian_update: the loops of csrc/loop/settle_loop.cpp with
 // the CPU fused passes (the epilogue of settle_epilogue_cpu.cpp and the pool/unpool below).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -1,4 +1,4 @@
-// CPU kernel of eqkern::settle_epilogue_ (math in ../settle_epilogue.h).
+// CPU kernel of eqkern::settle_epilogue_ (math in csrc/math/settle_epilogue.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

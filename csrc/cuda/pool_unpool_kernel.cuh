@@ -1,4 +1,4 @@
-// Torch-free CUDA kernel and launcher of the fused 2x2 max-pool + unpool (math in ../pool_unpool.h).
+// Torch-free CUDA kernel and launcher of the fused 2x2 max-pool + unpool (math in csrc/math/pool_unpool.h).
 // Included by settle_cuda.cu (the torch ops) and compile_check.cu (nvcc-only CI gate).
 #pragma once
 

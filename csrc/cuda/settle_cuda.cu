@@ -1,4 +1,4 @@
-// CUDA kernels of eqkern::settle and eqkern::hebbian_update: the loops of ../settle_loop.cpp (ATen
+// CUDA kernels of eqkern::settle and eqkern::hebbian_update: the loops of csrc/loop/settle_loop.cpp (ATen
 // convolutions: cuDNN) with the CUDA fused passes: the epilogue of settle_epilogue_kernel.cuh and
 // the pool/unpool of pool_unpool_kernel.cuh. Only c10/cuda headers (see settle_epilogue_cuda.cu).
 #include <ATen/Dispatch.h>

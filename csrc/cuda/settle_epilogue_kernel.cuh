@@ -1,4 +1,4 @@
-// Torch-free CUDA kernel and launcher for the settle epilogue (math in ../settle_epilogue.h).
+// Torch-free CUDA kernel and launcher for the settle epilogue (math in csrc/math/settle_epilogue.h).
 // Included by settle_epilogue_cuda.cu (the torch op) and compile_check.cu (nvcc-only CI gate).
 #pragma once
 

@@ -9,7 +9,7 @@
 
 #include <optional>
 
-#include "../math/settle_epilogue.h"
+#include "math/settle_epilogue.h"  // csrc/ is on the include path
 
 namespace eqkern {
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset,
+from torch.utils.data import (BatchSampler, DataLoader, IterableDataset,
                               SequentialSampler, default_collate)
 
 from eqkern.data.datasets import DataSplit, iterate_batches

@@ -432,9 +432,10 @@ class _Run:
 
 
 def _empty_acc(acc: dict) -> dict:
-    """A rank > 0's share of a resumed epoch's sums: zero (rank 0 holds them); the batch count
-    and time, which are not summed over ranks, are kept."""
-    return {**acc, "correct": 0, "loss_sum": 0.0, "seen": 0, "steps": 0,
+    """A rank > 0's share of a resumed epoch's sums: zero (rank 0 holds them). Kept: what is
+    not summed over ranks (batch count, time) and the settle steps, a mean over ranks (each
+    rank holding the saved mean, the next mean over ranks adds it once)."""
+    return {**acc, "correct": 0, "loss_sum": 0.0, "seen": 0,
             "state_abs": [0.0] * len(acc["state_abs"])}
 
 

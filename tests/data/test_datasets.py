@@ -113,7 +113,7 @@ def _idx(path: Path, magic: int, arr: np.ndarray) -> None:
 @pytest.mark.parametrize("key, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_torchvision_mnist_layout(tmp_path, key, folder):
     """torchvision's MNIST/raw/*-ubyte (read from raw/ directly: no processed/ folder needed)."""
-    pytest.importorskip("torchvision")
+    import torchvision  # noqa: F401 - installed with torch by make test: fail, not skip
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -203,7 +203,7 @@ def test_bad_examples_in_dataset():
 
 def test_pil_through_user_dataloader():
     """A real torchvision-like dataset of PIL images behind the user's DataLoader."""
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image  # torchvision's dependency, installed by make test
 
     class PILs(Dataset):
         def __len__(self):

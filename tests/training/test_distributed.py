@@ -42,14 +42,20 @@ def max_rel_diff(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """One rank for 2 epochs; two ranks for 2 epochs; two ranks for 1 epoch then resumed to 2."""
+    """One rank for 2 epochs; two ranks for 2 epochs; two ranks for 1 epoch then resumed to 2;
+    two ranks stopped by a Ctrl-C on rank 0 in epoch 1, then resumed mid-epoch."""
     root = tmp_path_factory.mktemp("ddp")
     done = {}
-    for name, nproc, steps in (("one", 1, [("--epochs", "2")]), ("two", 2, [("--epochs", "2")]),
-                               ("resumed", 2, [("--epochs", "1"), ("--epochs", "2", "--resume")])):
-        for args in steps:
+    cases = (("one", 1, [("--epochs", "2")]), ("two", 2, [("--epochs", "2")]),
+             ("resumed", 2, [("--epochs", "1"), ("--epochs", "2", "--resume")]),
+             ("interrupted", 2, [("--epochs", "2", "--interrupt-batch", "2"),
+                                 ("--epochs", "2", "--resume")]))
+    for name, nproc, steps in cases:
+        for i, args in enumerate(steps):
             res = torchrun(nproc, root / name, *args)
-            assert res.returncode == 0, f"{name} {args}: rc {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+            expect_ok = "--interrupt-batch" not in args
+            assert (res.returncode == 0) == expect_ok, (
+                f"{name} {args}: rc {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
         done[name] = root / name
     return done
 
@@ -93,6 +99,22 @@ def test_resume_under_torchrun_equals_an_uninterrupted_run(runs):
     ha = json.loads((runs["resumed"] / "history-rank1.json").read_text())
     hb = json.loads((runs["two"] / "history-rank1.json").read_text())
     assert [h["test_acc"] for h in ha] == [h["test_acc"] for h in hb]
+
+
+def test_ctrl_c_on_one_rank_stops_all_after_the_same_batch_and_resumes_bit_identically(runs):
+    a, b = weights(runs["interrupted"]), weights(runs["two"])
+    ck_lines = (runs["interrupted"] / "run" / "metrics.jsonl").read_text().splitlines()
+    print(f"interrupted + resumed: {len(ck_lines)} metrics lines; max weight difference "
+          f"{max(float((a[k] - b[k]).abs().max()) for k in b):.3g}")
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+    for r in (0, 1):
+        ha = json.loads((runs["interrupted"] / f"history-rank{r}.json").read_text())
+        hb = json.loads((runs["two"] / f"history-rank{r}.json").read_text())
+        for x, y in zip(ha, hb):
+            for key in ("train_acc", "train_loss", "test_acc", "state_abs", "update_abs",
+                        "settle_steps"):
+                assert x[key] == y[key], (r, key, x[key], y[key])
 
 
 def test_a_failing_rank_stops_the_others_with_its_reason(tmp_path):
@@ -145,3 +167,20 @@ def test_one_process_is_not_parallel(monkeypatch):
     with pytest.raises(ValueError, match="boom"):
         ranks.agree(ValueError("boom"), False, "here")
     assert ranks.agree(None, True, "here") is True
+
+
+def test_eqkern_train_under_torchrun_speaks_and_writes_once(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "eqkern", "train", "--preset", "demo-mnist", "--set", "train_size=64", "--set",
+           "test_size=32", "--set", "batch_size=16", "--set", "t_free=4", "--set", "t_nudge=2",
+           "--set", "width=1/4", "--epochs", "2", "--backend", "torch", "--device", "cpu",
+           "--out", str(tmp_path / "run"), "--no-progress", "--tensorboard", str(tmp_path / "tb")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    print(res.stdout, res.stderr[-2000:])
+    assert res.returncode == 0
+    assert res.stdout.count("eqkern train: demo-mnist") == 1
+    assert res.stdout.count("final test accuracy") == 1
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len(list((tmp_path / "tb").iterdir())) == 1
