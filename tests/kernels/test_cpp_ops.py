@@ -348,7 +348,7 @@ def test_nudge_argument_errors():
 @pytest.mark.parametrize("case", ["conv-pool-odd11", "fc-only-mse"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_per_sample_beta_equals_two_runs(case, device):
-    """One 2B batch with β = (+β…, −β…) gives the states of the +β and the −β run (SPEC §1 phases)."""
+    """One 2B batch with β = (+β…, −β…) gives the states of the +β and the −β run (the ±β nudged phases of docs/model.md)."""
     model, x, y = _on(device, *BY_ID[case].build(torch.float64))
     free = _phase(_cpp, model, x, y, 0.0, 0)
     plus, minus = [s.clone() for s in free], [s.clone() for s in free]
