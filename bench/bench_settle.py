@@ -42,6 +42,24 @@ def conv_floor_step(model, state, channels_last: bool):
     return step
 
 
+def conv_floor_phase(model, x, steps: int, channels_last: bool):
+    """A function running the convolutions of a ``steps``-step phase of ``model`` on ``x``: the
+    input conv once, then ``steps`` conv floors (from a state settled 3 steps, so that it is not
+    trivial)."""
+    state = model.init_state(x.shape[0])
+    settle(model, x, state, 0.0, 3, backend="torch")
+    step = conv_floor_step(model, state, channels_last)
+    conn, spec = model.connections[0], model.specs[0]
+
+    def run():
+        with torch.no_grad():
+            F.conv2d(x, conn.weight, conn.bias, padding=spec.padding)
+            for _ in range(steps):
+                step()
+
+    return run
+
+
 # A phase of this many steps is timed: backends that compute the input drive once per phase
 # (as training does) amortise it as they would in training; the report divides by it.
 PHASE_STEPS = 5
@@ -52,7 +70,7 @@ def test_settle_step(benchmark, provider, size):
     """Synchronous steps of every layer, nudged (the read-out nudge included)."""
     require_provider(provider)
     name, (model, x, y) = size
-    benchmark.group = f"settle-step-{name}"
+    benchmark.group = f"settle-step-{name} ({PHASE_STEPS} steps per call)"
     benchmark.extra_info["steps"] = PHASE_STEPS
     record_env(benchmark)
     state = model.init_state(x.shape[0])
@@ -65,38 +83,26 @@ def test_settle_step(benchmark, provider, size):
 
 @pytest.mark.parametrize("provider", FLOOR_PROVIDERS)
 def test_settle_step_conv_floor(benchmark, provider, size):
-    """The convolutions of one step alone (group settle-step: the floor of the providers above)."""
+    """The convolutions of a PHASE_STEPS-step phase alone, input conv included (the floor of the
+    providers above, over the same steps, so the raw group compares like with like)."""
     name, (model, x, y) = size
-    benchmark.group = f"settle-step-{name}"
-    benchmark.extra_info["steps"] = 1
+    benchmark.group = f"settle-step-{name} ({PHASE_STEPS} steps per call)"
+    benchmark.extra_info["steps"] = PHASE_STEPS
     record_env(benchmark)
-    state = model.init_state(x.shape[0])
-    settle(model, x, state, 0.0, 3, backend="torch")
-    with torch.no_grad():
-        benchmark.pedantic(conv_floor_step(model, state, provider == "conv-floor-cl"), rounds=3,
-                           warmup_rounds=1)
+    benchmark.pedantic(conv_floor_phase(model, x, PHASE_STEPS, provider == "conv-floor-cl"),
+                       rounds=3, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS + FLOOR_PROVIDERS)
 def test_free_phase(benchmark, provider, size):
     """A whole free phase of FREE_STEPS steps from the zero state (reported per step)."""
     name, (model, x, y) = size
-    benchmark.group = f"free-phase-{name}"
+    benchmark.group = f"free-phase-{name} ({FREE_STEPS} steps per call)"
     benchmark.extra_info["steps"] = FREE_STEPS
     record_env(benchmark)
     if provider in FLOOR_PROVIDERS:  # the floor of a phase: FREE_STEPS conv floors + one input conv
-        state = model.init_state(x.shape[0])
-        settle(model, x, state, 0.0, 3, backend="torch")
-        step = conv_floor_step(model, state, provider == "conv-floor-cl")
-        conn, spec = model.connections[0], model.specs[0]
-
-        def run():
-            with torch.no_grad():
-                F.conv2d(x, conn.weight, conn.bias, padding=spec.padding)
-                for _ in range(FREE_STEPS):
-                    step()
-
-        benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+        benchmark.pedantic(conv_floor_phase(model, x, FREE_STEPS, provider == "conv-floor-cl"),
+                           rounds=2, warmup_rounds=0)
         return
     require_provider(provider)
 
