@@ -303,7 +303,7 @@ def test_peek_keeps_random_state():
     assert np.array_equal(np.random.get_state()[1], states[2])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_device_move_cuda():
     x, y = _data(10)
     cuda = torch.device("cuda")

@@ -14,12 +14,14 @@ import copy
 import pytest
 import torch
 
+from conftest import require_backend, require_triton
 from eqkern import CRNN, Conv, Linear, bptt_gradients, ep_gradients, free_phase, settle
-from eqkern.backends import available_backends, precision
+from eqkern.backends import precision
 from eqkern.errors import ArgumentError
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CPU_BACKENDS = [b for b in ("reference", "torch", "cpp") if b in available_backends("cpu")]
+# All three run on every CI machine: a missing one fails (conftest.require_backend), not skips.
+CPU_BACKENDS = ["reference", "torch", "cpp"]
 COS_MIN = 0.999
 EP = {"beta": 0.2, "t_free": 40, "t_nudge": 15}
 
@@ -54,6 +56,7 @@ def _cosines(truth, grads):
 @pytest.mark.parametrize("half", list(HALF))
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_half_ep_gradients_match_fp64(backend, half, kind):
+    require_backend(backend)
     model64, x64, y = _net(kind)
     _, truth = _layer_grads(model64, x64, y, backend)
     model = copy.deepcopy(model64).to(HALF[half])
@@ -134,9 +137,11 @@ def test_half_bptt_and_free_phase():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
-def test_autocast_is_refused(backend):
-    if backend not in available_backends("cpu"):
-        pytest.skip(f"{backend} is not available on cpu")
+def test_autocast_is_refused(backend, request):
+    if backend == "triton":
+        require_triton(request)
+    else:
+        require_backend(backend)
     model, x, y = _net("tiny", torch.float32)
     calls = {
         "ep_gradients": lambda: ep_gradients(model, x, y, backend=backend, beta=0.2, t_free=2, t_nudge=1),
@@ -155,9 +160,8 @@ def test_autocast_is_refused(backend):
     free_phase(model, x, 2, backend=backend)  # and runs outside it
 
 
-def test_triton_interpreter_bf16():
-    if "triton" not in available_backends("cpu"):
-        pytest.skip("triton is not available on cpu (needs TRITON_INTERPRET=1 and triton)")
+def test_triton_interpreter_bf16(request):
+    require_triton(request)
     model64, x64, y = _net("tiny")
     small = {"beta": 0.2, "t_free": 6, "t_nudge": 3}
     model64.zero_grad()
