@@ -12,7 +12,8 @@ points (``settle``, ``free_phase``, ``ep_gradients``, ``bptt_gradients``) run wi
   step (:func:`upcast_parameters`: each parameter's storage is swapped for an fp32 copy for the
   duration of the call and put back afterwards, so the backends, the learning rules and the
   gradient dicts keyed by parameter need no change and run exactly their fp32 code);
-* the input, the states and the teacher features are upcast the same way (:func:`upcast`), so
+* the input, the states and the teacher features are upcast the same way (``Tensor.to``, which
+  returns the tensor itself when it already has the dtype), so
   every phase and the contrastive estimate (states subtracted before the products, ``/β``) are fp32;
 * only the final gradient is rounded to the parameter's dtype, once, by
   :func:`eqkern.backends.base.accumulate_grads`.
@@ -37,7 +38,7 @@ from eqkern.errors import ArgumentError
 from eqkern.model.auxiliary import Targets
 
 __all__ = ["HALF_DTYPES", "accumulation_dtype", "check_no_autocast", "compute_in",
-           "storage_arithmetic", "upcast", "upcast_parameters", "upcast_phase",
+           "storage_arithmetic", "upcast_parameters", "upcast_phase",
            "upcast_targets", "write_back"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -112,22 +113,17 @@ def upcast_parameters(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
             p.data = data
 
 
-def upcast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype`` (``t`` itself when it already is)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
 def upcast_targets(y: object, dtype: torch.dtype) -> object:
     """Targets with the teacher features (KD) in ``dtype``; class ids stay as they are."""
     if isinstance(y, Targets) and y.features is not None:
-        return Targets(y.labels, [upcast(f, dtype) for f in y.features])
+        return Targets(y.labels, [f.to(dtype) for f in y.features])
     return y
 
 
 @contextlib.contextmanager
 def compute_in(model: nn.Module) -> Iterator[torch.dtype]:
     """Run the block with ``model``'s parameters in its :func:`accumulation_dtype`, which it
-    yields (upcast the block's tensors with :func:`upcast` / :func:`upcast_targets`); a no-op for
+    yields (upcast the block's tensors with ``Tensor.to`` / :func:`upcast_targets`); a no-op for
     fp32 and fp64 models. ``model``: a CRNN whose arguments were checked (one parameter dtype)."""
     storage = next(model.parameters()).dtype
     dtype = accumulation_dtype(storage)
@@ -150,6 +146,6 @@ def upcast_phase(phase: PhaseInputs, dtype: torch.dtype) -> PhaseInputs:
     tensors where they were narrower: :func:`write_back` them into the caller's afterwards)."""
     beta = phase.beta
     if isinstance(beta, torch.Tensor) and beta.dtype in HALF_DTYPES:
-        beta = upcast(beta, dtype)
-    return replace(phase, x=upcast(phase.x, dtype), state=[upcast(s, dtype) for s in phase.state],
+        beta = beta.to(dtype)
+    return replace(phase, x=phase.x.to(dtype), state=[s.to(dtype) for s in phase.state],
                    beta=beta, targets=upcast_targets(phase.targets, dtype))

@@ -70,7 +70,7 @@ def bptt_gradients(
     # bf16/fp16: the steps and their graph in fp32 (eqkern.backends.precision), so the gradient
     # is autograd's of the fp32 dynamics, rounded once when written.
     with precision.compute_in(model) as dtype:
-        x, y = precision.upcast(x, dtype), precision.upcast_targets(y, dtype)
+        x, y = x.to(dtype), precision.upcast_targets(y, dtype)
         state = model.init_state(x.shape[0], like=x)
         with torch.no_grad():
             be.settle(model, PhaseInputs(x, state, 0.0, t_free - truncate, None, schedule))
@@ -85,7 +85,7 @@ def bptt_gradients(
     # Written after the block, in the parameters' own dtype; a parameter the loss does not reach
     # keeps its .grad, as with loss.backward().
     accumulate_grads({p: g for p, g in zip(params, grads) if g is not None})
-    return BPTTResult([precision.upcast(s, storage) for s in final], predictions, scalar(loss))
+    return BPTTResult([s.to(storage) for s in final], predictions, scalar(loss))
 
 
 def differentiable_backend(name: str | None, device: torch.device, model: CRNN,

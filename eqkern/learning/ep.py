@@ -151,7 +151,7 @@ def ep_gradients(
     # bf16/fp16 models: phases, estimate and loss in fp32 from one upcast of the weights, input
     # and teacher features (eqkern.backends.precision); the gradients are rounded when written.
     with torch.no_grad(), precision.compute_in(model) as dtype:
-        x, y = precision.upcast(x, dtype), precision.upcast_targets(y, dtype)
+        x, y = x.to(dtype), precision.upcast_targets(y, dtype)
         state = model.init_state(batch, like=x)
         free_steps = phase(x, state, 0.0, t_free, None)
         free = [s.clone() for s in state]
@@ -179,7 +179,7 @@ def ep_gradients(
         loss = scalar(energy.loss(model, free[-1], y)) / batch
         predictions = model.predict(free)
     accumulate_grads(grads)  # after the block: the parameters hold their own dtype again
-    free = [precision.upcast(s, storage) for s in free]  # rounded to the model's dtype
+    free = [s.to(storage) for s in free]  # rounded to the model's dtype
     return EPResult(free, predictions, loss, beta, free_steps, nudge_steps, total)
 
 
