@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Mapping
 
@@ -63,10 +64,11 @@ def limit_data(data: DataSplit, cfg: Any, device) -> DataSplit:
                          y_test=yte.to(device))
 
 
-def resolve_source(data: Any, test_data: Any, cfg: Any) -> tuple[TrainingData, tuple, int]:
+def resolve_source(data: Any, test_data: Any, cfg: Any) -> TrainingData:
     """A user's ``Dataset``, ``DataLoader`` or iterable of batches (not a DataSplit: see
-    :func:`limit_data`) as the engine's training data, with the input shape and class count the
-    model is built for: the data's own when it tells them, else the config's dataset's."""
+    :func:`limit_data`) as the engine's training data, its ``input_shape`` and ``num_classes``
+    (what the model is built for) the data's own when it tells them, else the config's
+    dataset's."""
     for name in ("train_size", "test_size"):
         if getattr(cfg, name) is not None:
             raise ArgumentError(f"{name}={getattr(cfg, name)} keeps the first examples of in-memory "
@@ -81,7 +83,7 @@ def resolve_source(data: Any, test_data: Any, cfg: Any) -> tuple[TrainingData, t
         raise ArgumentError(f"cannot tell the input shape and number of classes of {what}: use a "
                             f"dataset whose examples and `classes` tell them, or a config whose "
                             f"dataset is one of {', '.join(sorted(DATASETS))}")
-    return source, tuple(shape), int(classes)
+    return dataclasses.replace(source, input_shape=tuple(shape), num_classes=int(classes))
 
 
 def resolve_teacher(cfg: Preset, teacher, device) -> Any:

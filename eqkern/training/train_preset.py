@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from eqkern.data.datasets import DataSplit, load_dataset
+from eqkern.data.sources import as_training_data
 from eqkern.model.crnn import CRNN
 from eqkern.training import build
 from eqkern.training.distributed import local_device
@@ -83,28 +84,25 @@ def train_vgg(
     differ from the checkpoint's on resume (see :func:`eqkern.training.engine.fit`).
     """
     cfg = build.resolve_preset(preset_or_config, overrides)
-    given = device
     device = local_device(device if device is not None else
                           data.x_train.device if isinstance(data, DataSplit) else None)
-    source = shape = classes = None
-    if isinstance(data, DataSplit):
-        data = build.limit_data(data, cfg, device if given is not None else None)  # checked first
+    source = None
+    if isinstance(data, DataSplit):  # checked first; a test_data beside its test split is refused
+        source = as_training_data(build.limit_data(data, cfg, device), test_data)
     elif data is not None:
-        source, shape, classes = build.resolve_source(data, test_data, cfg)
+        source = build.resolve_source(data, test_data, cfg)
     teacher = build.resolve_teacher(cfg, teacher, device)  # a bad teacher fails before the data
     torch.manual_seed(cfg.seed)
-    if data is None:
-        data = load_dataset(cfg.dataset, data_root, device=device, limit_train=cfg.train_size,
-                            limit_test=cfg.test_size)
     if source is None:
-        shape, classes = data.input_shape, data.num_classes
-    model = build.build_model(cfg, shape, classes).to(device)
+        source = as_training_data(load_dataset(cfg.dataset, data_root, device=device,
+                                               limit_train=cfg.train_size,
+                                               limit_test=cfg.test_size), test_data)
+    model = build.build_model(cfg, source.input_shape, source.num_classes).to(device)
     model.default_steps = cfg.t_free
     targets_of = build.teacher_targets(cfg, model, teacher)
     out = (Outputs.folder(out_dir, f"eqkern {cfg.name} (width {cfg.width:g})")
            if out_dir is not None else None)
-    history = fit(model, source if source is not None else data, cfg,
-                  optimizer=make_optimizer(model, cfg, optimizer),
+    history = fit(model, source, cfg, optimizer=make_optimizer(model, cfg, optimizer),
                   kappa=build.make_kappa_schedule(cfg), out_dir=out, resume=resume,
                   overwrite=overwrite, allow_changes=allow_changes, progress=progress, log=log,
                   callbacks=callbacks, on_batch=on_batch, targets_of=targets_of)

@@ -87,3 +87,12 @@ def test_train_vgg_takes_a_dataset_and_refuses_train_size_on_it():
         eqkern.train_vgg("demo-mnist", data=ds, train_size=8, epochs=1, device="cpu",
                          progress=False, log=lambda s: None)
     print(err.value)
+
+
+def test_train_vgg_refuses_test_data_beside_a_split():
+    """A DataSplit holds its own test split: a second one is an error, not silently ignored."""
+    data = fake_data((1, 28, 28), n=16)
+    with pytest.raises(ArgumentError, match="test_data must be None when data is a DataSplit") as err:
+        eqkern.train_vgg("demo-mnist", data=data, test_data=TensorDataset(data.x_test, data.y_test),
+                         epochs=1, device="cpu", progress=False, log=lambda s: None)
+    print(err.value)
