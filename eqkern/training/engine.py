@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from eqkern.errors import ArgumentError, ArgumentTypeError, DivergenceError, RunFolderError
 from eqkern.data.crop_flip import crop_flip
 from eqkern.data.datasets import DataSplit
-from eqkern.data.sources import TensorSource, TrainingData, as_training_data
+from eqkern.data.sources import LoaderSource, TensorSource, TrainingData, as_training_data
 from eqkern.learning.separate_feedback import weight_angles
 from eqkern.model.crnn import CRNN
 from eqkern.training import checkpoint, distributed, resume as resuming
@@ -118,8 +118,10 @@ def fit(
     source = data if isinstance(data, TrainingData) else as_training_data(data, test_data)
     cbs = CallbackList(callbacks)
     ranks = distributed.from_env(_model_device(model))
-    ranks.check_batches(cfg.batch_size, source.train.num_examples
-                        if isinstance(source.train, TensorSource) else None)
+    # A loader batches by its own batch size: only the sources eqkern batches are checked here
+    # (the loop checks every batch).
+    if not isinstance(source.train, LoaderSource):
+        ranks.check_batches(cfg.batch_size, source.train.num_examples)
     torch.manual_seed(cfg.seed)
     step = step if step is not None else make_step(cfg)
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -199,7 +201,9 @@ class _Run:
                 if self.sched is not None:
                     self.sched.step()
                 self._end_epoch(epoch, record)
-                if stop.requested:
+                # Agreed: a Ctrl-C that reached one rank only (during the evaluation, or after
+                # the epoch's last batch) stops every rank here.
+                if ranks.agree(None, stop.requested, f"the end of epoch {epoch + 1}"):
                     raise KeyboardInterrupt
         return self.history
 
@@ -327,22 +331,23 @@ class _Run:
             # Every rank stops after the same batch (one Ctrl-C reaches one rank or all).
             stopping = ranks.agree(None, stop.requested, where)
             if stopping and (self.num_batches is None or b + 1 < self.num_batches):
-                acc["seconds"] += time.perf_counter() - t0
-                acc["state_abs"] = [a + v for a, v in zip(acc["state_abs"], state_sum.tolist())]
-                acc["update_abs"] = [a + v for a, v in zip(acc["update_abs"], update_sum.tolist())]
-                self._save_position({"epoch": epoch, "batch": b, "acc": self._global_acc(acc),
+                totals = self._totals(acc, state_sum, update_sum, time.perf_counter() - t0)
+                self._save_position({"epoch": epoch, "batch": b, "acc": totals,
                                      "gen": gen.get_state(), "aug_gen": aug_gen.get_state()})
                 raise KeyboardInterrupt
         bar.close()
-        acc["seconds"] += time.perf_counter() - t0
-        acc["state_abs"] = [a + v for a, v in zip(acc["state_abs"], state_sum.tolist())]
-        acc["update_abs"] = [a + v for a, v in zip(acc["update_abs"], update_sum.tolist())]
-        return self._record(epoch, self._global_acc(acc))
+        return self._record(epoch, self._totals(acc, state_sum, update_sum,
+                                                time.perf_counter() - t0))
 
-    def _global_acc(self, acc: dict) -> dict:
-        """The epoch's sums over all ranks (the same ``acc`` alone). The per-layer |state| sums
-        are already weighted by each rank's share; |update| is the same on every rank (it is
-        read after the average); settle steps are the mean over ranks."""
+    def _totals(self, acc: dict, state_sum: torch.Tensor, update_sum: torch.Tensor,
+                elapsed: float) -> dict:
+        """``acc`` with the time and the on-device |state| / |update| sums of the batches run
+        since it was last closed, summed over all ranks (the same sums alone). The per-layer
+        |state| sums are already weighted by each rank's share; |update| is the same on every
+        rank (it is read after the average); settle steps are the mean over ranks."""
+        acc = {**acc, "seconds": acc["seconds"] + elapsed,
+               "state_abs": [a + v for a, v in zip(acc["state_abs"], state_sum.tolist())],
+               "update_abs": [a + v for a, v in zip(acc["update_abs"], update_sum.tolist())]}
         ranks = self.ranks
         if not ranks.parallel:
             return acc
