@@ -257,11 +257,25 @@ def _image_shape_ok(shape: tuple[int, ...], input_shape: tuple[int, int, int]) -
 
 def _check_labels(y: Any, n: int, num_classes: int, where: str, kx: str, ky: str,
                   value_error: type[EqkernError], type_error: type[EqkernError]) -> None:
-    """``y`` (a numpy array or a tensor) as the labels of the ``n`` examples of ``kx``: 1-D, an
-    integer dtype (float labels are refused, not truncated; bool too), ``n`` of them, at least
-    one, each in ``[0, num_classes)``. ``where`` starts each message (the file, or ``data.``)."""
+    """``y`` (a numpy array or a tensor) as the labels of the ``n`` examples of ``kx``: at least
+    one, laid out as :func:`check_label_layout` says, each in ``[0, num_classes)``. ``where``
+    starts each message (the file, or ``data.``)."""
     if n == 0:
         raise value_error(f"{where}{kx} has no examples; at least one is needed")
+    check_label_layout(y, n, where, kx, ky, value_error, type_error)
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        i = int(bad.nonzero()[0][0])
+        raise value_error(f"{where}{ky} must hold class ids in [0, {num_classes}), got "
+                          f"{int(y[i])} at index {i} ({int(bad.sum())} labels out of range)")
+
+
+def check_label_layout(y: Any, n: int, where: str, kx: str = "x", ky: str = "y",
+                       value_error: type[EqkernError] = ArgumentError,
+                       type_error: type[EqkernError] = ArgumentTypeError) -> None:
+    """``y`` (a numpy array or a tensor) as the labels of the ``n`` examples of ``kx``, without
+    reading a value (no host sync): 1-D, an integer dtype (float labels are refused, not
+    truncated; bool too), ``n`` of them. ``where`` starts each message."""
     if y.ndim != 1:
         raise value_error(f"{where}{ky} must be 1-D (one class id per example), got shape "
                           f"{tuple(y.shape)}")
@@ -271,11 +285,6 @@ def _check_labels(y: Any, n: int, num_classes: int, where: str, kx: str, ky: str
     if len(y) != n:
         raise value_error(f"{where}{ky} has {len(y)} labels but {kx} has {n} examples; they "
                           f"must be as many")
-    bad = (y < 0) | (y >= num_classes)
-    if bad.any():
-        i = int(bad.nonzero()[0][0])
-        raise value_error(f"{where}{ky} must hold class ids in [0, {num_classes}), got "
-                          f"{int(y[i])} at index {i} ({int(bad.sum())} labels out of range)")
 
 
 def _is_integer_dtype(dtype) -> bool:

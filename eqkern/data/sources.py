@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import (BatchSampler, DataLoader, IterableDataset,
                               SequentialSampler, default_collate)
 
-from eqkern.data.datasets import DataSplit, iterate_batches
+from eqkern.data.datasets import DataSplit, check_label_layout, iterate_batches
 from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.validate import as_int, describe
 
@@ -77,7 +77,7 @@ class TensorSource(BatchSource):
             if not isinstance(t, torch.Tensor):
                 raise ArgumentTypeError(f"{what}: {name} must be a tensor, got {describe(t)}")
         _check_x(x, f"{what}: x")
-        _check_y(y, len(x), f"{what}: ")
+        check_label_layout(y, len(x), f"{what}: ")
         if len(x) == 0:
             raise ArgumentError(f"{what}: x has no examples; at least one is needed")
         self.x, self.y = x, y.long()  # .long() is a no-op (no copy) for int64
@@ -306,19 +306,6 @@ def _check_x(x: torch.Tensor, name: str) -> None:
                             f"shape {tuple(x.shape)}")
 
 
-def _check_y(y: torch.Tensor, n: int, where: str) -> None:
-    """``y`` as the labels of ``n`` examples; ``where`` starts each message."""
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ArgumentTypeError(f"{where}y must hold integer class ids, got dtype {y.dtype} "
-                                f"(float or bool labels are refused, not rounded)")
-    if y.dim() != 1:
-        raise ArgumentError(f"{where}y must be 1-D (one class id per example), got shape "
-                            f"{tuple(y.shape)}")
-    if len(y) != n:
-        raise ArgumentError(f"{where}y has {len(y)} labels but x has {n} examples; they must be "
-                            f"as many")
-
-
 def _check_batch(batch: Any, what: str, b: int, shape: torch.Size | None) -> Batch:
     """``batch`` (number ``b``, from 1) as an ``(x, y)`` pair of checked tensors: dtypes, ranks,
     lengths, and the example shape of the epoch's first batch (``shape``)."""
@@ -339,7 +326,7 @@ def _check_batch(batch: Any, what: str, b: int, shape: torch.Size | None) -> Bat
         raise ArgumentTypeError(f"{where}: y must be a (B,) tensor of integer class ids, got "
                                 f"{describe(y)}")
     _check_x(x, f"{where}: x")
-    _check_y(y, len(x), f"{where}: ")
+    check_label_layout(y, len(x), f"{where}: ")
     if len(x) == 0:
         raise ArgumentError(f"{where} is empty (x has shape {tuple(x.shape)})")
     if shape is not None and x.shape[1:] != shape:
