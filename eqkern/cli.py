@@ -84,10 +84,9 @@ def _callbacks(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 def _rank() -> int:
     """This process's rank under torchrun (0 alone)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    from eqkern.training.distributed import env_rank
+
+    return env_rank()
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ Without ``torchrun`` everything here is a no-op on one rank, and the loop is the
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torch import nn
 
 from eqkern.errors import ArgumentError, EqkernError, first_line
 
-__all__ = ["Ranks", "RankFailure", "from_env", "local_device", "BUCKET_BYTES"]
+__all__ = ["Ranks", "RankFailure", "from_env", "env_rank", "local_device", "BUCKET_BYTES"]
 
 # Gradients are summed in buckets of about this size: few collectives for small nets, bounded
 # extra memory for big ones (DDP's default bucket is 25 MiB).
@@ -49,6 +48,15 @@ def local_device(device: torch.device | str | None = None) -> torch.device:
     if device.type == "cuda" and device.index is None and _world_from_env() > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+def env_rank() -> int:
+    """This process's ``RANK`` as torchrun sets it, before any process group exists (0 alone, or
+    when it is not a number: then torchrun did not set it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _world_from_env() -> int:
@@ -164,22 +172,6 @@ class Ranks:
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=0)
-
-    def barrier(self) -> None:
-        if self.parallel:
-            dist.barrier()
-
-    @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block before the others (it claims the run folder; the others then
-        find it claimed and wait for the checkpoint it reads)."""
-        if not self.main:
-            self.barrier()
-        try:
-            yield
-        finally:
-            if self.main:
-                self.barrier()
 
     def _device(self) -> torch.device:
         # NCCL reduces only CUDA tensors; gloo CPU ones.
