@@ -24,6 +24,7 @@ import torch
 from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.backends.base import Backend, PhaseInputs
 from eqkern.dynamics import cuda_graph as graphs
+from eqkern.dynamics.solvers import run_anderson
 from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
 from eqkern.validate import describe
@@ -31,6 +32,9 @@ from eqkern.validate import describe
 logger = logging.getLogger("eqkern")
 
 DEFAULT_CHECK_EVERY = 10
+# The tolerance of the training presets (eqkern.training.config): on trained VGG-5 / VGG-7 nets its
+# EP updates are those of the papers' fixed T = 250 (bench/results/steps.md); tol=None keeps T.
+DEFAULT_TOL = 1e-3
 
 
 def check_stop_args(tol: float | None, check_every: int) -> tuple[float | None, int]:
@@ -90,28 +94,39 @@ def run_phase(
     tol: float | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
     cuda_graph: bool = False,
+    solver: str = "plain",
 ) -> int:
     """Settle ``phase.state`` in place on backend ``be`` and return the number of steps run.
 
     ``tol=None``: exactly ``phase.steps`` steps. Otherwise stop at the first check (every
     ``check_every`` steps, and at the cap) where ``max_l max |s_l(t) − s_l(t−1)| < tol``; at most
-    ``phase.steps`` steps. ``cuda_graph``: replay captured chunks where possible (same result).
-    The arguments are assumed checked (:func:`check_stop_args`, ``as_bool``).
+    ``phase.steps`` steps. ``cuda_graph``: replay captured chunks where possible (same result;
+    the plain solver only). ``solver``: ``"plain"`` (``s ← F(s)``) or ``"anderson"``
+    (:mod:`.solvers`), which also evaluates ``F`` once per step and stops on the same test.
+    The arguments are assumed checked (:func:`check_stop_args`, ``as_bool``, ``check_solver``).
     """
     steps = phase.steps
-    run = phase_runner(be, model, phase, tol is not None, cuda_graph)
-    if tol is None:
-        run(phase)
-        return steps
-    used, change = 0, float("nan")
-    while used < steps:
-        chunk = min(check_every, steps - used)
-        change = run(replace(phase, steps=chunk)).item()
-        used += chunk
-        if change < tol:
-            break
+    if solver != "plain":
+        if cuda_graph:
+            graphs.warn_once(f"solver-{solver}", f"only the plain solver is captured, not "
+                             f"solver={solver!r}")
+        used, change = run_anderson(be, model, phase, tol, check_every)
+        if tol is None:
+            return used
+    else:
+        run = phase_runner(be, model, phase, tol is not None, cuda_graph)
+        if tol is None:
+            run(phase)
+            return steps
+        used, change = 0, float("nan")
+        while used < steps:
+            chunk = min(check_every, steps - used)
+            change = run(replace(phase, steps=chunk)).item()
+            used += chunk
+            if change < tol:
+                break
     beta = phase.beta
-    logger.debug("eqkern: phase (beta=%s, %s, backend %s) used %d of %d steps, last change %.3g "
-                 "(tol %g)", "per-sample" if isinstance(beta, torch.Tensor) else beta,
-                 phase.schedule, be.name, used, steps, change, tol)
+    logger.debug("eqkern: phase (beta=%s, %s, backend %s, solver %s) used %d of %d steps, last "
+                 "change %.3g (tol %g)", "per-sample" if isinstance(beta, torch.Tensor) else beta,
+                 phase.schedule, be.name, solver, used, steps, change, tol)
     return used

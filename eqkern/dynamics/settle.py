@@ -15,6 +15,7 @@ from eqkern.backends import get_backend
 from eqkern.backends import precision
 from eqkern.backends.base import PhaseInputs
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
+from eqkern.dynamics.solvers import check_solver
 from eqkern.model import checks
 from eqkern.model.crnn import CRNN, register_free_phase
 from eqkern.validate import as_bool
@@ -61,6 +62,7 @@ def settle(
     check_every: int = DEFAULT_CHECK_EVERY,
     return_steps: bool = False,
     cuda_graph: bool = False,
+    solver: str = "plain",
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """Run ``steps`` steps of ``s ← ρ(∂Φ_β/∂s)`` from ``state``, in place.
 
@@ -85,6 +87,10 @@ def settle(
             steps and float β, and replay it: one launch instead of a few per layer and step, the
             same kernels and result (:mod:`eqkern.dynamics.cuda_graph`). Elsewhere the phase runs
             eagerly, with one warning per process saying why. Off by default.
+        solver: ``"plain"`` (``s ← F(s)``, the default) or ``"anderson"``: safeguarded Anderson
+            mixing of the last steps per sample, clamped to the activation's range, one ``F``
+            per step as well (:mod:`eqkern.dynamics.solvers`: fewer steps to a tight ``tol``,
+            but on a max-pooled network it may settle on another nearby equilibrium).
     Returns:
         ``state`` (the same tensors), or ``(state, steps_used)`` with ``return_steps=True``.
 
@@ -102,6 +108,7 @@ def settle(
     tol, check_every = check_stop_args(tol, check_every)
     return_steps = as_bool("return_steps", return_steps)
     cuda_graph = as_bool("cuda_graph", cuda_graph)
+    solver = check_solver(solver)
     checks.check_input(model, x)
     checks.check_state(model, state, x.shape[0])
     # The backends update state in place while reading x and the other layers.
@@ -112,7 +119,8 @@ def settle(
     # A bf16/fp16 model settles in fp32 (eqkern.backends.precision); state is rounded back once.
     with precision.compute_in(model) as dtype:
         work = precision.upcast_phase(phase, dtype)
-        used = run_phase(be, model, work, tol=tol, check_every=check_every, cuda_graph=cuda_graph)
+        used = run_phase(be, model, work, tol=tol, check_every=check_every, cuda_graph=cuda_graph,
+                         solver=solver)
         precision.write_back(state, work.state)
     return (state, used) if return_steps else state
 
@@ -129,16 +137,17 @@ def free_phase(
     check_every: int = DEFAULT_CHECK_EVERY,
     return_steps: bool = False,
     cuda_graph: bool = False,
+    solver: str = "plain",
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
     ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run;
-    ``cuda_graph``: replay a captured graph of the phase (:func:`settle`). The state is in the
+    ``cuda_graph``: replay a captured graph of the phase; ``solver``: as in :func:`settle`. The state is in the
     model's dtype (a bf16/fp16 model settles in fp32 and is rounded once, at the end)."""
     t_free = checks.as_count("t_free", t_free)
     checks.check_input(model, x)  # before init_state reads x's batch, dtype and device
     return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,
                   schedule=schedule, tol=tol, check_every=check_every, return_steps=return_steps,
-                  cuda_graph=cuda_graph)
+                  cuda_graph=cuda_graph, solver=solver)
 
 
 # CRNN.forward runs this free phase (the model layer cannot import this one).

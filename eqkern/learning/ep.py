@@ -23,6 +23,7 @@ from eqkern.backends import get_backend
 from eqkern.backends import precision
 from eqkern.backends.base import Phase, PhaseInputs, accumulate_grads
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, check_stop_args, run_phase
+from eqkern.dynamics.solvers import check_solver
 from eqkern.learning.fre import fre_gradients
 from eqkern.model.crnn import CRNN
 from eqkern.dynamics.settle import check_phase_args
@@ -78,6 +79,7 @@ def ep_gradients(
     check_every: int = DEFAULT_CHECK_EVERY,
     batched_nudge: bool = False,
     cuda_graph: bool = False,
+    solver: str = "plain",
 ) -> EPResult:
     """Estimate the loss gradient by EP and **add** it to every parameter's ``.grad``.
 
@@ -96,7 +98,8 @@ def ep_gradients(
     calls for both; with ``tol`` the
     pair stops when neither half moves by ``tol`` any more.
     ``cuda_graph``: run each phase as a replayed CUDA graph where possible (:func:`eqkern.settle`;
-    the same gradients).
+    the same gradients). ``solver``: ``"plain"`` or ``"anderson"``, every phase
+    (:func:`eqkern.settle`).
     ``rule="fre"`` replaces the contrastive update by FRE-RNN's ``ΔW_i = ds_{i+1} (s_i^0)ᵀ``
     (no ``1/β``, read-out at the free state; :mod:`eqkern.learning.fre`) on the same phases.
     Every rule runs on the selected backend (``backend``; see :func:`eqkern.settle`).
@@ -133,6 +136,7 @@ def ep_gradients(
     tol, check_every = check_stop_args(tol, check_every)
     batched_nudge = as_bool("batched_nudge", batched_nudge)
     cuda_graph = as_bool("cuda_graph", cuda_graph)
+    solver = check_solver(solver)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
     batched = batched_nudge and estimator == "symmetric"
@@ -145,7 +149,7 @@ def ep_gradients(
 
     def phase(inputs, state, b, steps, targets) -> int:
         return run_phase(be, model, PhaseInputs(inputs, state, b, steps, targets, schedule),
-                         tol=tol, check_every=check_every, cuda_graph=cuda_graph)
+                         tol=tol, check_every=check_every, cuda_graph=cuda_graph, solver=solver)
 
     storage = x.dtype  # = the parameters' (checked)
     # bf16/fp16 models: phases, estimate and loss in fp32 from one upcast of the weights, input

@@ -11,6 +11,7 @@ import copy
 
 import torch
 
+from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY
 from eqkern.learning.bptt import bptt_gradients
 from eqkern.learning.ep import Estimator, ep_gradients
 from eqkern.errors import ArgumentError
@@ -39,13 +40,19 @@ def check_gdu(
     estimator: Estimator = "symmetric",
     backend: str | None = None,
     schedule: str = "synchronous",
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+    solver: str = "plain",
 ) -> list[dict]:
     """Compare EP's gradient estimate with BPTT's gradient, one row per parameter tensor.
 
     BPTT backpropagates through the last ``t_nudge`` of ``t_free`` free steps. Each row has
     ``name``, ``cosine`` (similarity of the two), ``rel_error`` (``‖g_EP − g_BPTT‖ / ‖g_BPTT‖``)
     and both norms. The model's own ``.grad`` are left untouched. ``schedule``: of EP's phases
-    and of the steps BPTT unrolls alike (``"synchronous"`` or ``"alternating"``).
+    and of the steps BPTT unrolls alike (``"synchronous"`` or ``"alternating"``). ``tol``,
+    ``check_every``, ``solver``: how EP settles its phases (:func:`eqkern.ep_gradients`; ``t_free``
+    and ``t_nudge`` are then caps); BPTT always runs its ``t_free`` plain steps, so the rows say
+    how well a faster EP keeps to the same gradient.
     """
     # BPTT runs through the last t_nudge of the t_free steps: say so before EP has run at all.
     t_free = as_count("t_free", t_free, minimum=1)
@@ -56,7 +63,8 @@ def check_gdu(
     work = copy.deepcopy(model)
     work.zero_grad(set_to_none=True)
     ep_gradients(work, x, y, beta=beta, t_free=t_free, t_nudge=t_nudge,
-                 estimator=estimator, backend=backend, schedule=schedule)
+                 estimator=estimator, backend=backend, schedule=schedule, tol=tol,
+                 check_every=check_every, solver=solver)
     ep = _grads(work)
     work.zero_grad(set_to_none=True)
     bptt_gradients(work, x, y, t_free=t_free, truncate=t_nudge, schedule=schedule)

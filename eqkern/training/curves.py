@@ -58,18 +58,31 @@ def _finish(fig: Figure, axes, path, title: str | None) -> Path:
     return save_figure(fig, path)
 
 
+def _steps_panel(ax, history: Sequence[dict]) -> None:
+    """Settling steps per training batch (all phases) vs epoch: what the convergence stop used."""
+    pts = [(e, h["settle_steps_per_batch"]) for e, h in zip(_epochs(history), history)
+           if h.get("settle_steps_per_batch") is not None]
+    if pts:
+        ax.plot(*zip(*pts), marker="o", markersize=3, label="all phases")
+    ax.set_ylabel("settle steps per batch")
+
+
 def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *,
                          title: str | None = None) -> Path:
-    """Accuracy (%) and loss vs epoch from per-epoch dicts; returns the PNG path.
+    """Accuracy (%) and loss vs epoch from per-epoch dicts, and the settling steps per batch
+    (``settle_steps_per_batch``) where the records have them (a CRNN); returns the PNG path.
 
     Uses ``epoch`` if present (else 1, 2, ...), and whichever of ``train_acc``, ``test_acc``
     (already in %), ``train_loss``, ``test_loss`` appear; a panel with none of its keys says so.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2)
+    steps = any(h.get("settle_steps_per_batch") for h in history)
+    fig = Figure(figsize=(15 if steps else 10, 4), layout="constrained")
+    axes = fig.subplots(1, 3 if steps else 2)
     _metric_panels(axes, history)
+    if steps:
+        _steps_panel(axes[2], history)
     return _finish(fig, axes, path, title)
 
 

@@ -25,26 +25,26 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 def evaluate(
     model: CRNN, x: torch.Tensor, y: torch.Tensor, *, t_free: int, batch_size: int = 500,
     backend: str | None = None, schedule: str = "synchronous", tol: float | None = None,
-    check_every: int = 10,
+    check_every: int = 10, solver: str = "plain",
 ) -> tuple[float, float]:
     """(accuracy in %, mean loss) of the free-phase equilibrium on ``x: (N, ...)``, ``y: (N,)``
-    (``schedule``, ``tol``, ``check_every``: as in :func:`eqkern.free_phase`)."""
+    (``schedule``, ``tol``, ``check_every``, ``solver``: as in :func:`eqkern.free_phase`)."""
     sums = evaluate_batches(model, iterate_batches(x, y, batch_size, shuffle=False),
                             t_free=t_free, backend=backend, schedule=schedule, tol=tol,
-                            check_every=check_every)
+                            check_every=check_every, solver=solver)
     return as_rates(*sums)
 
 
 @torch.no_grad()
 def evaluate_batches(model: CRNN, batches: Batches, *, t_free: int, backend: str | None = None,
                      schedule: str = "synchronous", tol: float | None = None,
-                     check_every: int = 10) -> tuple[int, float, int]:
+                     check_every: int = 10, solver: str = "plain") -> tuple[int, float, int]:
     """(correct, summed loss, examples) of the free-phase equilibrium over ``batches`` of
     ``(x: (B, ...), y: (B,))``: sums, so that shares of a test set (ranks) add up."""
     correct, loss, n = 0, 0.0, 0
     for xb, yb in batches:
         state = free_phase(model, xb, t_free, backend=backend, schedule=schedule, tol=tol,
-                           check_every=check_every)
+                           check_every=check_every, solver=solver)
         correct += (model.predict(state) == yb).sum().item()
         loss += energy.loss(model, state[-1], yb).item()
         n += len(yb)

@@ -46,7 +46,8 @@ class _CRNNStep:
     def evaluate(self, model, batches) -> tuple[int, float, int]:
         c = self.cfg
         return evaluate_batches(model, batches, t_free=c.t_free, backend=c.backend,
-                                schedule=c.schedule, tol=c.tol, check_every=c.check_every)
+                                schedule=c.schedule, tol=c.tol, check_every=c.check_every,
+                                solver=c.solver)
 
 
 class EPStep(_CRNNStep):
@@ -55,7 +56,8 @@ class EPStep(_CRNNStep):
         res = ep_gradients(model, x, targets, beta=c.beta, t_free=c.t_free, t_nudge=c.t_nudge,
                            estimator=c.estimator, backend=c.backend, generator=generator,
                            rule=c.rule, leakage=c.leakage, schedule=c.schedule, tol=c.tol,
-                           check_every=c.check_every, batched_nudge=c.batched_nudge)
+                           check_every=c.check_every, batched_nudge=c.batched_nudge,
+                           solver=c.solver)
         return StepResult(res.predictions, res.loss, res.settle_steps, res.free_state)
 
 

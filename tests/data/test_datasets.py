@@ -225,6 +225,19 @@ def test_plot_training_curves(tmp_path):
     _assert_png(out)
 
 
+def test_training_curves_show_the_settle_steps(tmp_path):
+    """A CRNN's records carry the steps the convergence stop used: a third panel plots them."""
+    from matplotlib.image import imread
+
+    base = [{"epoch": e, "train_acc": 50 + e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+    with_steps = [dict(h, settle_steps_per_batch=300 - 40 * h["epoch"]) for h in base]
+    plain = plots.plot_training_curves(base, tmp_path / "a" / "curves.png")
+    steps = plots.plot_training_curves(with_steps, tmp_path / "b" / "curves.png")
+    widths = imread(plain).shape[1], imread(steps).shape[1]
+    print(f"widths without / with the steps panel: {widths}")
+    assert widths[1] > widths[0] * 1.3
+
+
 def test_plot_gdu(tmp_path):
     table = [{"name": "connections.0.weight", "cosine": 0.999, "rel_error": 1e-3},
              {"name": "connections.0.bias", "cosine": 0.98, "rel_error": 0.2},
