@@ -1,6 +1,7 @@
 """Fewer settling steps, providers side by side per size (bench/conftest.py SIZES): a free phase
-synchronous vs alternating vs with the convergence stop, and one EP iteration with the ±β phases
-one after the other vs as one batch of 2B.
+synchronous vs alternating vs with the convergence stop (plain or Anderson), a nudged phase from a
+free equilibrium to the stop (plain vs Anderson), and one EP iteration with the ±β phases one
+after the other vs as one batch of 2B.
 
 ``reference`` runs each variant too: it is the baseline of its group, as in bench_settle.py. The
 backends without the alternating schedule or a per-sample β (cpp) are not providers here.
@@ -26,7 +27,9 @@ VARIANTS = {
     "alternating": {"schedule": "alternating"},
     "synchronous-stop": {"tol": TOL, "check_every": CHECK_EVERY},
     "alternating-stop": {"schedule": "alternating", "tol": TOL, "check_every": CHECK_EVERY},
+    "synchronous-anderson-stop": {"tol": TOL, "check_every": CHECK_EVERY, "solver": "anderson"},
 }
+SOLVERS = ["plain", "anderson"]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -46,6 +49,27 @@ def test_free_phase_schedules(benchmark, provider, variant, size):
 
     state, used = benchmark.pedantic(run, rounds=2, warmup_rounds=0)
     benchmark.extra_info.update(steps_used=used, cap=FREE_CAP, **kw)
+    assert 0 < used <= FREE_CAP
+    assert all(torch.isfinite(s).all() for s in state)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_nudged_phase_solvers(benchmark, provider, solver, size):
+    """A nudged phase (β = 0.5, cap FREE_CAP) from the free state of FREE_CAP steps, stopped at
+    TOL: where the Anderson solver saves the most steps (extra_info["steps_used"])."""
+    require_provider(provider)
+    name, (model, x, y) = size
+    benchmark.group = f"nudged-phase-{solver}-stop-{name}"
+    record_env(benchmark)
+    free = settle(model, x, model.init_state(x.shape[0]), 0.0, FREE_CAP, backend="torch")
+
+    def run():
+        return settle(model, x, [s.clone() for s in free], 0.5, FREE_CAP, y, backend=provider,
+                      tol=TOL, check_every=1, return_steps=True, solver=solver)
+
+    state, used = benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    benchmark.extra_info.update(steps_used=used, cap=FREE_CAP, solver=solver)
     assert 0 < used <= FREE_CAP
     assert all(torch.isfinite(s).all() for s in state)
 

@@ -88,17 +88,21 @@ def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *,
 
 def plot_layer_curves(history: Sequence[dict], path: str | os.PathLike, *,
                       title: str | None = None) -> Path:
-    """Four panels vs epoch: accuracy, loss, and per state layer the mean |state| of the free
-    equilibrium and per weight layer the mean |update| (Lin Fig. 5), from ``state_abs`` /
-    ``update_abs`` lists in each record. Returns the PNG path."""
+    """Five panels vs epoch: accuracy, loss, the settling steps per batch, and per state layer the
+    mean |state| of the free equilibrium and per weight layer the mean |update| (Lin Fig. 5),
+    from ``settle_steps_per_batch`` and the ``state_abs`` / ``update_abs`` lists in each record.
+    Returns the PNG path."""
     epochs = _epochs(history)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 8), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
+    fig = Figure(figsize=(16, 8), layout="constrained")
+    grid = fig.subplots(2, 3).ravel()
+    grid[5].remove()
+    axes = grid[:5]
     _metric_panels(axes[:2], history)
-    for ax, key, ylabel in ((axes[2], "state_abs", "mean |state| (free phase)"),
-                            (axes[3], "update_abs", "mean |update| per parameter")):
+    _steps_panel(axes[2], history)
+    for ax, key, ylabel in ((axes[3], "state_abs", "mean |state| (free phase)"),
+                            (axes[4], "update_abs", "mean |update| per parameter")):
         n = max((len(h.get(key) or ()) for h in history), default=0)
         for layer in range(n):
             pts = [(e, h[key][layer]) for e, h in zip(epochs, history)

@@ -236,6 +236,15 @@ def test_training_curves_show_the_settle_steps(tmp_path):
     widths = imread(plain).shape[1], imread(steps).shape[1]
     print(f"widths without / with the steps panel: {widths}")
     assert widths[1] > widths[0] * 1.3
+    # the CRNN runs' figure (layer curves) has the panel too, with the records' values
+    from matplotlib.figure import Figure
+    from eqkern.training.curves import _steps_panel, plot_layer_curves
+
+    ax = Figure().subplots()
+    _steps_panel(ax, with_steps)
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[260, 220, 180]]
+    layered = [dict(h, state_abs=[0.1, 0.2], update_abs=[1e-3, 2e-3]) for h in with_steps]
+    _assert_png(plot_layer_curves(layered, tmp_path / "c" / "curves.png"))
 
 
 def test_plot_gdu(tmp_path):
