@@ -94,6 +94,9 @@ else:
     if use_cuda:  # compile_check.cu is the nvcc-only CI gate, not part of the extension
         sources += [s for s in rel("csrc/cuda/*.cu") if not s.endswith("compile_check.cu")]
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+    # at::parallel_for is a header template: without -fopenmp it compiles to a serial loop, and the
+    # CPU kernels never use a second core. The libgomp.so.1 it links is the one torch loads first.
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform != "darwin" else []
     Extension = cpp_extension.CUDAExtension if use_cuda else cpp_extension.CppExtension
     ext_modules.append(Extension(
         "eqkern._C",
@@ -101,9 +104,10 @@ else:
         include_dirs=[str(ROOT / "csrc")],
         py_limited_api=True,  # no pybind11 in _C: one abi3 wheel for CPython >= 3.10
         extra_compile_args={
-            "cxx": opt + ["-DPy_LIMITED_API=0x030A0000"],
+            "cxx": opt + openmp + ["-DPy_LIMITED_API=0x030A0000"],
             "nvcc": (["-O0", "-g", "-G"] if DEBUG else ["-O3", "-lineinfo"]) + ["--expt-relaxed-constexpr"],
         },
+        extra_link_args=openmp,
     ))
     build_info.update(
         cpp_compiled=True, cuda_compiled=use_cuda, torch=torch.__version__, torch_cuda=torch.version.cuda,

@@ -106,7 +106,7 @@ void pool_unpool_cpu(const at::Tensor& pre, at::Tensor* u, at::Tensor* unp, cons
     if (pc == 1 && C > 1) {
       TORCH_INTERNAL_ASSERT(qc == 1, "pooled tensors must be channels-last like pre");
       // Channels-last: one task per (b, ho) row of windows, channels innermost (stride 1).
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 4 * Wo * C));
+      const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, 4 * Wo * C));
       at::parallel_for(0, B * Ho, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t b = r / Ho, ho = r % Ho;
@@ -133,7 +133,7 @@ void pool_unpool_cpu(const at::Tensor& pre, at::Tensor* u, at::Tensor* unp, cons
       });
     } else {
       // Planar (NCHW): one task per (b, c) plane.
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, H * W));
+      const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(1, H * W));
       at::parallel_for(0, B * C, grain, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) {
           const int64_t b = p / C, c = p % C;

@@ -11,9 +11,6 @@
 
 namespace eqkern {
 
-// Elements per parallel_for task (ATen's at::internal::GRAIN_SIZE, which lives in a heavy header).
-constexpr int64_t kGrainSize = 32768;
-
 // The loop for one chunk, unswitched by hand on which optional inputs are present: with a literal
 // nullptr the per-element checks fold away and g++ vectorizes the loop. It does not unswitch them
 // itself here ("control flow in loop"), and the plain loop was measured several times slower.
@@ -46,8 +43,8 @@ void settle_epilogue_dense_cpu(at::Tensor& out, const at::Tensor& bottom_up, con
     const acc_t g = static_cast<acc_t>(gamma);
     const bool known = dispatch_activation(activation, [&](auto act) {
       constexpr int ACT = decltype(act)::value;
-      // Contiguous chunks of at least kGrainSize elements: small layers stay single-threaded.
-      at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
+      // Contiguous chunks of at least kParallelGrain elements: small layers stay single-threaded.
+      at::parallel_for(0, n, kParallelGrain, [&](int64_t begin, int64_t end) {
         settle_range<ACT>(o, bu, td, nd, a, g, begin, end);
       });
     });

@@ -62,12 +62,15 @@ Nudges::Nudges(const char* op, const Tensor& x, const std::vector<std::vector<in
   }
 }
 
-Tensor Nudges::scaled(Tensor t, double factor) const {
-  if (betas_.defined()) return factor == 1.0 ? t.mul_(betas_) : t.mul_(betas_ * factor);
+Tensor Nudges::scaled(Tensor t, double factor, int64_t p, int64_t parts) const {
+  if (betas_.defined()) {
+    const Tensor betas = part(betas_, p, parts);
+    return factor == 1.0 ? t.mul_(betas) : t.mul_(betas * factor);
+  }
   return t.mul_(args_.beta * factor);
 }
 
-Tensor Nudges::aux_term(size_t a, const Tensor& s, const Layout& lay) const {
+Tensor Nudges::aux_term(size_t a, const Tensor& s, const Layout& lay, int64_t p, int64_t parts) const {
   const int64_t batch = s.size(0);
   const std::optional<Tensor> map = args_.aux_maps.get(a);
   const bool has_map = map.has_value() && map->defined();
@@ -79,8 +82,8 @@ Tensor Nudges::aux_term(size_t a, const Tensor& s, const Layout& lay) const {
     r = at::mm(s.reshape({batch, -1}), map->t());
   }
   // reshape copies a channels-last r into the logical (NCHW) order that the targets use
-  Tensor err = at::softmax(r.reshape({batch, -1}).div(args_.aux_tau), 1).sub_(args_.aux_targets[a]);
-  err = scaled(err, -args_.aux_scales[a]);
+  Tensor err = at::softmax(r.reshape({batch, -1}).div(args_.aux_tau), 1).sub_(part(args_.aux_targets[a], p, parts));
+  err = scaled(err, -args_.aux_scales[a], p, parts);
   Tensor back;
   if (channel_map) {
     back = at::convolution(err.view(r.sizes()), *map, std::nullopt, {1, 1}, {0, 0}, {1, 1}, true, {0, 0}, 1);
@@ -92,22 +95,22 @@ Tensor Nudges::aux_term(size_t a, const Tensor& s, const Layout& lay) const {
   return lay.make(back);
 }
 
-Tensor Nudges::of_layer(size_t i, const Tensor& s, const Layout& lay) const {
+Tensor Nudges::of_layer(size_t i, const Tensor& s, const Layout& lay, int64_t p, int64_t parts) const {
   if (!active_) return Tensor();
   Tensor nudge;
   if (i == last_) {
     const auto& ow = args_.out_weight;
     if (ow.has_value() && ow->defined()) {
       const Tensor feat = s.reshape({s.size(0), -1});
-      const Tensor err = onehot_ - at::softmax(at::addmm(*args_.out_bias, feat, ow->t()), 1);
-      nudge = lay.make(scaled(at::mm(err, *ow), 1.0).view(s.sizes()));
+      const Tensor err = part(onehot_, p, parts) - at::softmax(at::addmm(*args_.out_bias, feat, ow->t()), 1);
+      nudge = lay.make(scaled(at::mm(err, *ow), 1.0, p, parts).view(s.sizes()));
     } else {
-      nudge = scaled(at::sub(onehot_, s), 1.0);
+      nudge = scaled(at::sub(part(onehot_, p, parts), s), 1.0, p, parts);
     }
   }
   const int64_t a = aux_of_layer_[i];
   if (a >= 0) {
-    Tensor aux = aux_term(static_cast<size_t>(a), s, lay);
+    Tensor aux = aux_term(static_cast<size_t>(a), s, lay, p, parts);
     nudge = nudge.defined() ? nudge.add_(aux) : aux;
   }
   return nudge;

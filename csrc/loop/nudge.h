@@ -40,11 +40,13 @@ class Nudges {
   // Whether any layer is nudged (beta != 0, or per-sample betas given).
   bool active() const { return active_; }
   // n_i for the (pre-step) state s of layer i, laid out like s; undefined when layer i has none.
-  at::Tensor of_layer(size_t i, const at::Tensor& s, const Layout& lay) const;
+  // Every term is per sample: s may be part p of `parts` of the batch (layout.h part()), and the
+  // per-sample constants (targets, betas) are cut the same way.
+  at::Tensor of_layer(size_t i, const at::Tensor& s, const Layout& lay, int64_t p = 0, int64_t parts = 1) const;
 
  private:
-  at::Tensor scaled(at::Tensor t, double factor) const;  // t * factor * beta (per sample)
-  at::Tensor aux_term(size_t a, const at::Tensor& s, const Layout& lay) const;
+  at::Tensor scaled(at::Tensor t, double factor, int64_t p, int64_t parts) const;  // t * factor * beta (per sample)
+  at::Tensor aux_term(size_t a, const at::Tensor& s, const Layout& lay, int64_t p, int64_t parts) const;
 
   const NudgeArgs& args_;
   at::Tensor onehot_, betas_;  // betas_: (batch, 1) or undefined

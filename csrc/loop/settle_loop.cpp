@@ -166,15 +166,19 @@ class SettleRun {
         skips_(skips),
         lay_{use_channels_last(x)}, n_(shapes.size()), separate_(!feedback_weights.empty()), work_(n_), w_(n_),
         fb_w_(n_), u_buf_(n_), unp_buf_(n_), pre_(n_) {
-    // Working states in the layout the convolutions like; copied back at the end if they differ.
+    // Working states and weights in the layout the convolutions like (one copy pass for all);
+    // the states are copied back at the end if they differ.
+    LayoutBatch in(lay_);
     for (size_t i = 0; i < n_; ++i) {
-      work_[i] = lay_.make(state[i]);
-      w_[i] = lay_.make(weights[i]);
-      if (separate_ && i > 0) fb_w_[i] = lay_.make(*feedback_weights.get(i));
+      work_[i] = in.add(state[i]);
+      w_[i] = in.add(weights[i]);
+      if (separate_ && i > 0) fb_w_[i] = in.add(*feedback_weights.get(i));
     }
+    const Tensor x_in = kinds[0] == kConvLayer ? in.add(x) : x;
+    in.run();
     // u_0: constant over the call.
     if (kinds[0] == kConvLayer) {
-      const Tensor pre = lay_.make(conv_forward(lay_.make(x), w_[0], biases[0], paddings[0]));
+      const Tensor pre = lay_.make(conv_forward(x_in, w_[0], biases[0], paddings[0]));
       if (pools[0]) {
         u0_ = lay_.empty(shapes[0], x);
         k.pool_unpool(pre, &u0_, nullptr, nullptr, nullptr, 1.0);
@@ -188,12 +192,14 @@ class SettleRun {
 
   // Synchronous: every layer from the old states. In place in the order 0..N-1: layer i's forward
   // conv (u_{i+1} and the pool argmax of s_i) runs before s_i is overwritten, and s_{i+1} is still
-  // the old one when d_i is read.
+  // the old one when d_i is read. Layer i's epilogue waits for the next fused pool/unpool pass (or
+  // the end of the step) and runs in the same parallel region: once d_i is known nothing reads the
+  // old s_i any more, and one region instead of two saves a thread-pool wake-up (in_parts).
   void synchronous_step() {
     if (!skips_.empty()) skips_.compute(work_, std::vector<bool>(n_, true), lay_);  // all from the old states
+    std::vector<Epilogue> waiting;
     Tensor u = u0_;
     for (size_t i = 0; i < n_; ++i) {
-      Tensor& s = work_[i];
       Tensor u_next, d;
       if (i + 1 < n_) {
         const size_t j = i + 1;
@@ -202,7 +208,13 @@ class SettleRun {
           const Tensor pre = forward(j);
           ensure_pool_buffers(j, pre);
           RECORD_FUNCTION("eqkern::pool_unpool", std::vector<c10::IValue>());
-          k_.pool_unpool(pre, &u_buf_[j], &unp_buf_[j], &work_[j], nullptr, 1.0);
+          in_parts(pre.is_cpu(), pre.numel() + elements(waiting), [&](int64_t p, int64_t parts) {
+            Tensor u_p = part(u_buf_[j], p, parts), unp_p = part(unp_buf_[j], p, parts);
+            const Tensor s_p = part(work_[j], p, parts);
+            k_.pool_unpool(part(pre, p, parts), &u_p, &unp_p, &s_p, nullptr, 1.0);
+            for (const Epilogue& e : waiting) run(e, p, parts);
+          });
+          waiting.clear();
           u_next = u_buf_[j];
           d = lay_.make(conv_transposed(unp_buf_[j], w_[j], paddings_[j]));
         } else {
@@ -210,9 +222,13 @@ class SettleRun {
           d = top_down(i);
         }
       }
-      epilogue(i, u, d);
+      waiting.push_back(prepare(i, u, d));
       u = u_next;
     }
+    RECORD_FUNCTION("eqkern::epilogue", std::vector<c10::IValue>());
+    in_parts(x_.is_cpu(), elements(waiting), [&](int64_t p, int64_t parts) {
+      for (const Epilogue& e : waiting) run(e, p, parts);
+    });
   }
 
   // Alternating: the even layers from the current states, then the odd layers from the new even
@@ -236,9 +252,11 @@ class SettleRun {
   }
 
   void write_back(TensorList state) const {
+    std::vector<Tensor> dst, src;
     for (size_t i = 0; i < n_; ++i) {
-      if (!work_[i].is_same(state[i])) state[i].copy_(work_[i]);
+      if (!work_[i].is_same(state[i])) dst.push_back(state[i]), src.push_back(work_[i]);
     }
+    copy_all(dst, src);
   }
 
  private:
@@ -291,20 +309,45 @@ class SettleRun {
     return lay_.make(conv_transposed(fb, f, paddings_[j]));
   }
 
-  // state[i] <- rho(alpha_i (u + skips up) + gamma_i (d + skips down) + n_i), n_i from the
-  // pre-update state[i].
-  void epilogue(size_t i, Tensor u, Tensor d) {
-    Tensor& s = work_[i];
+  // The operands of one layer's epilogue state[i] <- rho(alpha_i (u + skips up) + gamma_i (d + skips
+  // down) + n_i); d may be undefined. n_i comes from the pre-update state[i] when it runs.
+  struct Epilogue {
+    size_t layer;
+    Tensor u, d;
+  };
+
+  Epilogue prepare(size_t i, Tensor u, Tensor d) const {
+    const Tensor& s = work_[i];
     if (!skips_.empty()) {
       if (skips_.up(i).defined()) u = lay_.make(u + skips_.up(i));  // out of place: u may be u0_
       if (skips_.down(i).defined()) d = d.add_(skips_.down(i));   // d is this layer's own
     }
-    const Tensor nudge = nudges_.of_layer(i, s, lay_);
-    TORCH_INTERNAL_ASSERT(s.is_non_overlapping_and_dense() && same_layout(u, s) &&
-                          (!d.defined() || same_layout(d, s)) && (!nudge.defined() || same_layout(nudge, s)));
+    TORCH_INTERNAL_ASSERT(s.is_non_overlapping_and_dense() && same_layout(u, s) && (!d.defined() || same_layout(d, s)));
+    return {i, std::move(u), std::move(d)};
+  }
+
+  static int64_t elements(const std::vector<Epilogue>& es) {
+    int64_t n = 0;
+    for (const Epilogue& e : es) n += e.u.numel();
+    return n;
+  }
+
+  // The epilogue on part p of `parts` of the batch (in_parts), its nudge included: every term is
+  // per sample, so any split gives the same result.
+  void run(const Epilogue& e, int64_t p, int64_t parts) {
+    Tensor s = part(work_[e.layer], p, parts);
+    if (s.size(0) == 0) return;
+    const Tensor d = e.d.defined() ? part(e.d, p, parts) : Tensor();
+    const Tensor n = nudges_.of_layer(e.layer, s, lay_, p, parts);
+    TORCH_INTERNAL_ASSERT(!n.defined() || same_layout(n, s));
+    k_.epilogue(s, part(e.u, p, parts), d.defined() ? &d : nullptr, n.defined() ? &n : nullptr,
+                alphas_[e.layer], gammas_[e.layer], activations_[e.layer]);
+  }
+
+  void epilogue(size_t i, Tensor u, Tensor d) {
+    const Epilogue e = prepare(i, std::move(u), std::move(d));
     RECORD_FUNCTION("eqkern::epilogue", std::vector<c10::IValue>());
-    k_.epilogue(s, u, d.defined() ? &d : nullptr, nudge.defined() ? &nudge : nullptr, alphas_[i], gammas_[i],
-                activations_[i]);
+    run(e, 0, 1);
   }
 
   const DeviceKernels& k_;

@@ -91,12 +91,18 @@ class FlatState:
 
 
 class Anderson:
-    """Type-II Anderson mixing, per sample, with a restart where the residual grew."""
+    """Type-II Anderson mixing, per sample, with a restart where the residual grew.
+
+    The history is kept as ``(batch, m, D)`` so every product is one batched matmul, and the
+    Gram matrix ``ΔGᵀΔG`` is updated by one column per step; a restart does not touch the
+    history, it marks the sample's columns invalid (masked out of the normal equations)."""
 
     def __init__(self, memory: int = ANDERSON_MEMORY):
         self.memory = memory
-        self.d_s: torch.Tensor | None = None  # (m, batch, D): s_{k+1} − s_k of the last m steps
-        self.d_g: torch.Tensor | None = None  # (m, batch, D): g_{k+1} − g_k
+        self.d_s: torch.Tensor | None = None  # (batch, m, D): s_{k+1} − s_k of the last m steps
+        self.d_g: torch.Tensor | None = None  # (batch, m, D): g_{k+1} − g_k
+        self.gram: torch.Tensor | None = None  # (batch, m, m): ΔGᵀΔG
+        self.valid: torch.Tensor | None = None  # (batch, m): 1 where a column is in the history
         self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # s_{k−1}, g_{k−1}
         self.prev_norm: torch.Tensor | None = None  # (batch,): ‖g_{k−1}‖
         self.k = 0
@@ -105,30 +111,36 @@ class Anderson:
         """``s: (batch, D)`` the point ``F`` was evaluated at, ``g = F(s) − s``; returns the next
         point (before the clamp)."""
         norm = torch.linalg.vector_norm(g, dim=1)
+        m = self.memory
         if self.prev is None:
-            self.d_s = s.new_zeros((self.memory, *s.shape))
+            batch, dim = s.shape
+            self.d_s = s.new_zeros((batch, m, dim))
             self.d_g = torch.zeros_like(self.d_s)
+            self.gram = s.new_zeros((batch, m, m))
+            self.valid = s.new_zeros((batch, m))
         else:
-            slot = self.k % self.memory
-            self.d_s[slot] = s - self.prev[0]
-            self.d_g[slot] = g - self.prev[1]
+            slot = self.k % m
             self.k += 1
-            # Restart the samples whose residual grew: their history is forgotten, γ = 0 for them.
-            keep = (norm <= self.prev_norm).to(s.dtype)
-            self.d_s.mul_(keep[None, :, None])
-            self.d_g.mul_(keep[None, :, None])
+            self.d_s[:, slot] = s - self.prev[0]
+            self.d_g[:, slot] = g - self.prev[1]
+            column = torch.bmm(self.d_g, self.d_g[:, slot, :, None]).squeeze(-1)  # (batch, m)
+            self.gram[:, slot, :] = column
+            self.gram[:, :, slot] = column
+            self.valid[:, slot] = 1.0
+            # Restart the samples whose residual grew: their history is dropped, γ = 0 for them.
+            self.valid.mul_((norm <= self.prev_norm).to(s.dtype)[:, None])
         self.prev, self.prev_norm = (s, g), norm
-        # γ = argmin ‖g − ΔG γ‖², per sample: (ΔGᵀΔG + λI) γ = ΔGᵀ g.
-        gram = torch.einsum("ibd,jbd->bij", self.d_g, self.d_g)
-        rhs = torch.einsum("ibd,bd->bi", self.d_g, g)
+        # γ = argmin ‖g − ΔG γ‖² over the valid columns, per sample: (ΔGᵀΔG + λI) γ = ΔGᵀ g.
+        mask = self.valid[:, :, None] * self.valid[:, None, :]
+        gram = self.gram * mask
+        rhs = torch.bmm(self.d_g, g[:, :, None]) * self.valid[:, :, None]
         scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1)
         scale = torch.where(scale > 0, scale, 1.0)  # no history yet, or just restarted: γ = 0
         reg = ANDERSON_REGULARISATION.get(s.dtype, 1e-6)
-        gram = gram + (reg * scale)[:, None, None] * torch.eye(self.memory, dtype=s.dtype,
-                                                                device=s.device)
-        gamma = torch.linalg.solve_ex(gram, rhs.unsqueeze(-1), check_errors=False)[0].squeeze(-1)
-        mixed = torch.einsum("ibd,bi->bd", self.d_s, gamma)
-        mixed += torch.einsum("ibd,bi->bd", self.d_g, gamma)
+        gram.diagonal(dim1=1, dim2=2).add_((reg * scale)[:, None])
+        gamma = torch.linalg.solve_ex(gram, rhs, check_errors=False)[0].transpose(1, 2)
+        mixed = torch.bmm(gamma, self.d_s).squeeze(1)
+        mixed += torch.bmm(gamma, self.d_g).squeeze(1)
         return (s + g).sub_(mixed)
 
 
