@@ -36,6 +36,7 @@ from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, DEFAULT_TOL  # noqa
 from eqkern.training.build import build_model  # noqa: E402
 from eqkern.training.optim import make_optimizer  # noqa: E402
 from eqkern.training.presets import get_preset  # noqa: E402
+from steps_study import grads_of, log, weight_cosines  # noqa: E402  (bench/ is the script's folder)
 
 T_FREE, T_NUDGE, BETA = 250, 25, 1.0
 
@@ -66,16 +67,8 @@ def trained_model(args, data, log):
     return model, p
 
 
-def mean_weight_cosine(model, ep: dict, bp: dict) -> float:
-    return statistics.mean(
-        torch.nn.functional.cosine_similarity(ep[n].flatten().double(), bp[n].flatten().double(),
-                                              dim=0).item()
-        for n, _ in model.named_parameters() if "weight" in n)
-
-
-def grads_of(model) -> dict:
-    return {n: (torch.zeros_like(q) if q.grad is None else q.grad.detach().clone())
-            for n, q in model.named_parameters()}
+def mean_weight_cosine(ep: dict, bp: dict) -> float:
+    return statistics.mean(weight_cosines(ep, bp).values())
 
 
 def parse_extra(pairs: list[str]) -> dict:
@@ -99,10 +92,6 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", default="/tmp/eqkern_headline")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
     data = load_dataset("cifar10", args.data_root)
     model, p = trained_model(args, data, log)
     if args.train_only:
@@ -130,7 +119,7 @@ def main(argv=None) -> None:
             times[label].append(time.perf_counter() - t0)
             if r == 0:
                 info[label] = (res.free_steps, res.nudge_steps, res.settle_steps,
-                               mean_weight_cosine(model, grads_of(work), bp))
+                               mean_weight_cosine(grads_of(work), bp))
             log(f"{label}: {times[label][-1]:.1f} s, {res.settle_steps} steps")
     base = statistics.median(times["reference, T=250 K=25 fixed"])
     lines = ["# Headline: one EP iteration, Laborieux's settings vs eqkern's defaults", "",

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eqkern import bptt_gradients, ep_gradients  # noqa: E402
+from eqkern import bptt_gradients, ep_gradients, free_phase  # noqa: E402
 from eqkern.backends import get_backend  # noqa: E402
 from eqkern.data.crop_flip import crop_flip  # noqa: E402
 from eqkern.data.datasets import load_dataset  # noqa: E402
@@ -91,6 +91,10 @@ def train(name: str, args, data, log) -> tuple:
     torch.save(model.state_dict(), cache)
     torch.save(info, cache.with_suffix(".info.pt"))
     return model, p, info
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def grads_of(model) -> dict:
@@ -203,10 +207,6 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", default="/tmp/eqkern_steps_study")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
     data = load_dataset("cifar10_subset", args.data_root)
     lines = ["# Fewer settling steps: the convergence stop and the Anderson solver", "",
              f"`python bench/steps_study.py {' '.join(sys.argv[1:])}` — torch {torch.__version__}, "

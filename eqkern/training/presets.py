@@ -303,6 +303,7 @@ _LIST: list[Preset] = [
            readout="ce", beta=0.5, t_free=20, t_nudge=6, estimator="symmetric", method="ep",
            lr=(0.05,), momentum=0.9, weight_decay=0.0, cosine=True, lr_min=1e-5, batch_size=64,
            epochs=3, data_augmentation="none", backend=None, seed=0, eval_batch_size=500,
+           tol=None,  # fixed T: its 20/6-step phases are shorter than the convergence check
            notes=("Not a paper configuration: the `make demo` network, two 3×3 convs (16, 32 "
                   "channels, each with a 2×2 max-pool) and a soft-max read-out on the embedded "
                   "MNIST subset, with the defaults of eqkern.train (TrainConfig): SGD + momentum "
