@@ -38,6 +38,10 @@ __all__ = ["FORMAT", "MAY_CHANGE", "SCHEDULE_FIELDS", "CheckpointMismatch", "ato
 
 FORMAT = "eqkern.checkpoint/2"
 MAY_CHANGE = frozenset({"epochs", "backend", "eval_batch_size", "notes", "source", "teacher_path"})
+# Config fields added after checkpoints were written, with the value that behaves as a checkpoint
+# without the field did: such a checkpoint resumes under that value as unchanged. (A changed
+# default is not such a field: tol=1e-3 against an older run's None is a change, refused.)
+ADDED_FIELDS: Mapping[str, Any] = {"solver": "plain"}
 # The learning-rate schedule: may change on resume; the engine applies the new values to the
 # restored optimizer and scheduler (``optimizer`` and ``cosine`` change the run's state itself).
 SCHEDULE_FIELDS = frozenset({"lr", "lr_min", "momentum", "weight_decay", "cosine_epochs"})
@@ -207,7 +211,8 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *, wh
     for key in list(current) + [k for k in saved if k not in current]:
         if key in may_change:
             continue
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        a = saved.get(key, ADDED_FIELDS.get(key, "<absent>"))
+        b = current.get(key, "<absent>")
         if a != b:
             fingerprint = key.startswith("model.") or key == "data"
             hint = ("use another output folder, or the settings it was made with" if fingerprint
@@ -219,8 +224,9 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *, wh
 
 
 def changed_fields(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """The keys of ``current`` whose value differs in ``saved``, in ``current``'s order."""
-    return [k for k in current if saved.get(k, "<absent>") != current[k]]
+    """The keys of ``current`` whose value differs in ``saved``, in ``current``'s order (a key
+    of :data:`ADDED_FIELDS` absent from ``saved`` counts as its old behaviour)."""
+    return [k for k in current if saved.get(k, ADDED_FIELDS.get(k, "<absent>")) != current[k]]
 
 
 def _short(v: Any, n: int = 120) -> str:

@@ -264,3 +264,19 @@ def test_extended_run_follows_the_new_cosine_period(tmp_path):
                     resume=True, progress=False, log=logs.append)
     assert resumed[1]["lr"] == pytest.approx(straight[1]["lr"], rel=1e-12)
     assert any("T_max 1 -> 2" in s for s in logs) and any("epochs 1 -> 2" in s for s in logs)
+
+
+def test_a_checkpoint_from_before_a_new_field_resumes_as_it_ran():
+    """``solver`` did not exist when older checkpoints were written: absent means "plain". The
+    changed default of ``tol`` (None -> 1e-3) is a change, refused with the hint."""
+    from eqkern.training import checkpoint
+    from eqkern.training.checkpoint import CheckpointMismatch
+
+    old = {"t_free": 250, "tol": None}
+    assert checkpoint.changed_fields(old, {"t_free": 250, "tol": None, "solver": "plain"}) == []
+    assert checkpoint.changed_fields(old, {"t_free": 250, "tol": None,
+                                           "solver": "anderson"}) == ["solver"]
+    checkpoint.check_compatible(old, {"t_free": 250, "tol": None, "solver": "plain"})
+    with pytest.raises(CheckpointMismatch, match=r"tol is null there and 0.001 here; resume "
+                                                 r"refused .*allow_changes=\{'tol'\}"):
+        checkpoint.check_compatible(old, {"t_free": 250, "tol": 1e-3, "solver": "plain"})
