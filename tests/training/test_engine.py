@@ -280,3 +280,18 @@ def test_a_checkpoint_from_before_a_new_field_resumes_as_it_ran():
     with pytest.raises(CheckpointMismatch, match=r"tol is null there and 0.001 here; resume "
                                                  r"refused .*allow_changes=\{'tol'\}"):
         checkpoint.check_compatible(old, {"t_free": 250, "tol": 1e-3, "solver": "plain"})
+
+
+@pytest.mark.parametrize("solver", ["plain", "anderson"])
+def test_training_runs_the_stop_and_solver_it_is_given(solver):
+    """tol / check_every / solver reach every phase of training (and evaluation): fewer steps than
+    the caps, recorded per epoch, finite losses."""
+    data = fake_data((3, 16, 16), n=16)
+    model = CRNN((3, 16, 16), [Conv(4), Conv(6)], 10)
+    cfg = TrainConfig(epochs=1, batch_size=8, t_free=40, t_nudge=12, beta=0.3, tol=1e-3,
+                      check_every=2, solver=solver)
+    hist = train(model, data, cfg, **QUIET)
+    cap = 2 * (40 + 2 * 12)  # two batches of free + two nudged phases at their caps
+    print(f"{solver}: {hist[-1]['settle_steps']} of at most {cap} steps")
+    assert 0 < hist[-1]["settle_steps"] < cap
+    assert torch.isfinite(torch.tensor(hist[-1]["train_loss"]))
