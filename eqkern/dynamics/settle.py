@@ -141,8 +141,9 @@ def free_phase(
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], int]:
     """The free-phase state after ``t_free`` steps from the initial state (inference); with
     ``tol``, stopped early as in :func:`ep_gradients`; ``return_steps``: also the steps run;
-    ``cuda_graph``: replay a captured graph of the phase; ``solver``: as in :func:`settle`. The state is in the
-    model's dtype (a bf16/fp16 model settles in fp32 and is rounded once, at the end)."""
+    ``cuda_graph``: replay a captured graph of the phase; ``solver``: as in :func:`settle`. The
+    state is in the model's dtype (a bf16/fp16 model settles in fp32 and is rounded once, at the
+    end)."""
     t_free = checks.as_count("t_free", t_free)
     checks.check_input(model, x)  # before init_state reads x's batch, dtype and device
     return settle(model, x, model.init_state(x.shape[0], like=x), 0.0, t_free, backend=backend,

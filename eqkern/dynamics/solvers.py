@@ -37,7 +37,9 @@ from dataclasses import replace
 import torch
 
 from eqkern.backends.base import Backend, PhaseInputs
+from eqkern.model.activations import ACTIVATION_RANGES
 from eqkern.model.crnn import CRNN
+from eqkern.validate import as_choice
 
 SOLVERS = ("plain", "anderson")
 ANDERSON_MEMORY = 5  # past steps mixed (m); 3-5 is the usual range, more adds memory, not speed
@@ -45,23 +47,10 @@ ANDERSON_MEMORY = 5  # past steps mixed (m); 3-5 is the usual range, more adds m
 # whose residual changes are (nearly) collinear, or zeroed by a restart, solvable.
 ANDERSON_REGULARISATION = {torch.float64: 1e-12, torch.float32: 1e-6}
 
-# The range of each activation's values: the clamp of a mixed point (None: unbounded side).
-ACTIVATION_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "hard_sigmoid": (0.0, 1.0),
-    "clamp01": (0.0, 1.0),
-    "hard_sigmoid_courbariaux": (0.0, 1.0),
-    "relu": (0.0, None),
-    "tanh": (-1.0, 1.0),
-}
-
 
 def check_solver(solver: str) -> str:
     """``solver`` if it is a known one, else an ArgumentError listing them."""
-    from eqkern.errors import ArgumentError
-
-    if not isinstance(solver, str) or solver not in SOLVERS:
-        raise ArgumentError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    return solver
+    return as_choice("solver", solver, SOLVERS)
 
 
 class FlatState:

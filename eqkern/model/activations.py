@@ -22,6 +22,16 @@ ACTIVATION_CODES: dict[str, int] = {
     "tanh": 4,
 }
 
+# The range of each activation's values, (low, high), None for an unbounded side: where every
+# equilibrium lies (eqkern.dynamics.solvers clamps a mixed point to it).
+ACTIVATION_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "hard_sigmoid": (0.0, 1.0),
+    "clamp01": (0.0, 1.0),
+    "hard_sigmoid_courbariaux": (0.0, 1.0),
+    "relu": (0.0, None),
+    "tanh": (-1.0, 1.0),
+}
+
 
 def _hard_sigmoid(u: torch.Tensor) -> torch.Tensor:
     return (u * 0.5).clamp(0.0, 1.0)

@@ -133,8 +133,22 @@ def test_anderson_state_stays_in_the_activation_range():
 
 def test_unknown_solver_is_named():
     model, x, y = CASES[0].build(torch.float32)
-    with pytest.raises(ArgumentError, match=r"solver must be one of \('plain', 'anderson'\), "
+    with pytest.raises(ArgumentError, match=r"solver must be one of 'plain', 'anderson'; "
                                             r"got 'broyden'"):
         settle(model, x, model.init_state(x.shape[0]), 0.0, 3, solver="broyden")
     with pytest.raises(ArgumentError, match="solver must be one of"):
         ep_gradients(model, x, y, beta=0.5, t_free=3, t_nudge=2, solver=None)
+
+
+def test_activation_ranges_cover_every_activation_and_bound_its_values():
+    """The clamp of a mixed point is the activation's own range: every activation has one, and
+    its values never leave it."""
+    from eqkern.model.activations import ACTIVATION_CODES, ACTIVATION_RANGES, activate
+
+    assert set(ACTIVATION_RANGES) == set(ACTIVATION_CODES)
+    u = torch.linspace(-50.0, 50.0, 1001)
+    for name, (lo, hi) in ACTIVATION_RANGES.items():
+        v = activate(name, u)
+        print(f"{name}: values in [{v.min().item():g}, {v.max().item():g}], range ({lo}, {hi})")
+        assert lo is None or v.min().item() >= lo
+        assert hi is None or v.max().item() <= hi
