@@ -24,7 +24,7 @@ import torch
 from eqkern.errors import ArgumentError, ArgumentTypeError
 from eqkern.backends.base import Backend, PhaseInputs
 from eqkern.dynamics import cuda_graph as graphs
-from eqkern.dynamics.solvers import run_anderson
+from eqkern.dynamics.solvers import anderson_runner
 from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
 from eqkern.validate import describe
@@ -72,9 +72,15 @@ def phase_chunk(be: Backend, model: CRNN, phase: PhaseInputs,
 
 
 def phase_runner(be: Backend, model: CRNN, phase: PhaseInputs, track: bool,
-                 cuda_graph: bool) -> graphs.Runner:
+                 cuda_graph: bool, solver: str = "plain") -> graphs.Runner:
     """How :func:`run_phase` runs a chunk of ``phase``: eagerly, or (``cuda_graph``) by replays
-    where :mod:`.cuda_graph` can capture it; ``track``: the chunks return their change."""
+    where :mod:`.cuda_graph` can capture it, or by Anderson mixing (``solver="anderson"``,
+    eager); ``track``: the chunks return their change."""
+    if solver == "anderson":
+        if cuda_graph:
+            graphs.warn_once("solver-anderson", "only the plain solver is captured, not "
+                             "solver='anderson'")
+        return anderson_runner(be, model, phase, track)
     last = [torch.empty_like(s) for s in phase.state] if track else None
 
     def eager(ph: PhaseInputs) -> torch.Tensor | None:
@@ -106,25 +112,17 @@ def run_phase(
     The arguments are assumed checked (:func:`check_stop_args`, ``as_bool``, ``check_solver``).
     """
     steps = phase.steps
-    if solver != "plain":
-        if cuda_graph:
-            graphs.warn_once(f"solver-{solver}", f"only the plain solver is captured, not "
-                             f"solver={solver!r}")
-        used, change = run_anderson(be, model, phase, tol, check_every)
-        if tol is None:
-            return used
-    else:
-        run = phase_runner(be, model, phase, tol is not None, cuda_graph)
-        if tol is None:
-            run(phase)
-            return steps
-        used, change = 0, float("nan")
-        while used < steps:
-            chunk = min(check_every, steps - used)
-            change = run(replace(phase, steps=chunk)).item()
-            used += chunk
-            if change < tol:
-                break
+    run = phase_runner(be, model, phase, tol is not None, cuda_graph, solver)
+    if tol is None:
+        run(phase)
+        return steps
+    used, change = 0, float("nan")
+    while used < steps:
+        chunk = min(check_every, steps - used)
+        change = run(replace(phase, steps=chunk)).item()
+        used += chunk
+        if change < tol:
+            break
     beta = phase.beta
     logger.debug("eqkern: phase (beta=%s, %s, backend %s, solver %s) used %d of %d steps, last "
                  "change %.3g (tol %g)", "per-sample" if isinstance(beta, torch.Tensor) else beta,

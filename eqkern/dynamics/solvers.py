@@ -3,7 +3,8 @@
 A phase looks for the fixed point ``s* = F(s*)`` of one step ``F`` of the backend
 (``s ← ρ(∂Φ_β/∂s)``, synchronous or alternating). The plain iteration ``s ← F(s)`` is
 :func:`eqkern.dynamics.convergence.run_phase`'s own loop. The solvers here still evaluate ``F`` once
-per step, through the same backend call, but ``"anderson"`` chooses the next point from more than
+per step, through the same backend call, in the chunks of the same loop (one chunk per
+convergence check), but ``"anderson"`` chooses the next point from more than
 the last image: type-II Anderson mixing (Walker & Ni 2011) per sample, over the last
 :data:`ANDERSON_MEMORY` steps, ``s ← F(s) − (ΔS + ΔG)·γ`` with ``γ`` the least-squares combination
 of the past residual changes ``ΔG`` that best cancels the residual ``g = F(s) − s``.
@@ -33,6 +34,7 @@ step from the returned state's predecessor moved no element by ``tol`` or more.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -133,25 +135,26 @@ class Anderson:
         return (s + g).sub_(mixed)
 
 
-def run_anderson(be: Backend, model: CRNN, phase: PhaseInputs, tol: float | None,
-                 check_every: int) -> tuple[int, float]:
-    """Settle ``phase.state`` in place by Anderson mixing: at most
-    ``phase.steps`` evaluations of ``F``, stopped at the first check (every ``check_every``
-    steps and at the cap) where ``max |F(s) − s| < tol``. Returns ``(steps, last change)`` (the
-    change is NaN when never read)."""
+def anderson_runner(be: Backend, model: CRNN, phase: PhaseInputs,
+                    track: bool) -> Callable[[PhaseInputs], torch.Tensor | None]:
+    """How :func:`eqkern.dynamics.convergence.run_phase` runs a chunk of ``phase`` by Anderson
+    mixing: ``ph.steps`` evaluations of ``F``, the state left at the last image ``F(s)`` (so that
+    a stop after the chunk is the plain iteration's stop); the next chunk first moves to the
+    mixed point. ``track``: the chunk returns ``max |F(s) − s|`` of its last step as a 0-d
+    device tensor, not read."""
     flat = FlatState(model, phase.state)
     mixer = Anderson()
-    one = replace(phase, steps=1)
-    change = float("nan")
-    for used in range(1, phase.steps + 1):
-        s = flat.read()
-        be.settle(model, one)  # state ← F(s)
-        if used == phase.steps and tol is None:
-            return used, change
-        g = flat.read().sub_(s)
-        if tol is not None and (used % check_every == 0 or used == phase.steps):
-            change = g.abs().amax().item()  # the check's one host read
-            if change < tol or used == phase.steps:
-                return used, change  # the state is F(s): the plain image, as the plain stop
-        flat.write(mixer.next_point(s, g))
-    return phase.steps, change
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (s, g) of the last F, not mixed yet
+
+    def run(ph: PhaseInputs) -> torch.Tensor | None:
+        one, g = replace(ph, steps=1), None
+        for _ in range(ph.steps):
+            if pending:
+                flat.write(mixer.next_point(*pending.pop()))
+            s = flat.read()
+            be.settle(model, one)  # state ← F(s)
+            g = flat.read().sub_(s)
+            pending.append((s, g))
+        return g.abs().amax() if track and g is not None else None
+
+    return run
