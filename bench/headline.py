@@ -35,7 +35,7 @@ from eqkern.data.datasets import load_dataset  # noqa: E402
 from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, DEFAULT_TOL  # noqa: E402
 from eqkern.training.build import build_model  # noqa: E402
 from eqkern.training.optim import make_optimizer  # noqa: E402
-from eqkern.training.presets import get_preset  # noqa: E402
+from eqkern.training.presets import get_preset, parse_overrides  # noqa: E402
 from steps_study import grads_of, log, weight_cosines  # noqa: E402  (bench/ is the script's folder)
 
 T_FREE, T_NUDGE, BETA = 250, 25, 1.0
@@ -71,14 +71,6 @@ def mean_weight_cosine(ep: dict, bp: dict) -> float:
     return statistics.mean(weight_cosines(ep, bp).values())
 
 
-def parse_extra(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        out[key] = None if value == "none" else (value if key == "solver" else float(value))
-    return out
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench/results/headline.md")
@@ -88,7 +80,7 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=40, help="EP training iterations before measuring")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--train-only", action="store_true")
-    ap.add_argument("--extra", nargs="*", default=[], help="more fast rows, e.g. tol=3e-3")
+    ap.add_argument("--extra", nargs="*", default=[], help="more fast rows, each one preset field as for --set, e.g. tol=3e-3")
     ap.add_argument("--cache", default="/tmp/eqkern_headline")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
@@ -101,7 +93,7 @@ def main(argv=None) -> None:
                f"cpp, tol={DEFAULT_TOL:g} (default)": ("cpp", {"tol": DEFAULT_TOL,
                                                             "check_every": DEFAULT_CHECK_EVERY})}
     for extra in args.extra:
-        kw = dict({"tol": DEFAULT_TOL, "check_every": DEFAULT_CHECK_EVERY}, **parse_extra([extra]))
+        kw = dict({"tol": DEFAULT_TOL, "check_every": DEFAULT_CHECK_EVERY}, **parse_overrides([extra]))
         configs[f"cpp, {extra}"] = ("cpp", kw)
     work = copy.deepcopy(model)
     work.zero_grad(set_to_none=True)
