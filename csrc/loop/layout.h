@@ -8,9 +8,14 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/kernels_cpu.h"  // kParallelGrain
-
 namespace eqkern {
+
+// Elements a pass must touch per thread before it is split over threads. Larger than ATen's
+// GRAIN_SIZE (32768): a parallel region waits for every pool thread, and on a 2-core machine that
+// other processes keep busy a wake-up costs a scheduler slice (~6 ms measured, even for an op on
+// 1000 elements) while a fused pass over 2^18 elements is well under a millisecond on one thread,
+// so smaller passes run on the calling thread.
+constexpr int64_t kParallelGrain = int64_t{1} << 18;
 
 // oneDNN's fp32/bf16 convolutions are faster in channels-last on CPU (measured on Laborieux's VGG-5,
 // bench/bench_settle.py); fp64 has no oneDNN path. EQKERN_CPP_CHANNELS_LAST=0|1 overrides.
