@@ -74,11 +74,13 @@ class FlatState:
         """``(batch, D)``: a copy of the state."""
         return torch.cat([s.reshape(s.shape[0], -1) for s in self.state], dim=1)
 
-    def write(self, flat: torch.Tensor) -> None:
-        """Copy ``flat`` (``(batch, D)``), clamped to the activation ranges, into the state."""
+    def write(self, flat: torch.Tensor) -> torch.Tensor:
+        """Copy ``flat`` (``(batch, D)``), clamped to the activation ranges, into the state;
+        returns the clamped matrix (what :meth:`read` would give now, without the copy)."""
         flat = torch.maximum(torch.minimum(flat, self.hi), self.lo)
         for s, part in zip(self.state, flat.split(self.sizes, dim=1)):
             s.copy_(part.view_as(s))
+        return flat
 
 
 class Anderson:
@@ -149,9 +151,7 @@ def anderson_runner(be: Backend, model: CRNN, phase: PhaseInputs,
     def run(ph: PhaseInputs) -> torch.Tensor | None:
         one, g = replace(ph, steps=1), None
         for _ in range(ph.steps):
-            if pending:
-                flat.write(mixer.next_point(*pending.pop()))
-            s = flat.read()
+            s = flat.write(mixer.next_point(*pending.pop())) if pending else flat.read()
             be.settle(model, one)  # state ← F(s)
             g = flat.read().sub_(s)
             pending.append((s, g))
