@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=40, help="EP training iterations before measuring")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--train-only", action="store_true")
-    ap.add_argument("--extra", nargs="*", default=[], help="more fast rows, each one preset field as for --set, e.g. tol=3e-3")
+    ap.add_argument("--extra", nargs="*", default=[], help="more fast rows, each preset fields as for --set, space-separated in one argument: 'tol=3e-3 check_every=5'")
     ap.add_argument("--cache", default="/tmp/eqkern_headline")
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args(argv)
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
                f"cpp, tol={DEFAULT_TOL:g} (default)": ("cpp", {"tol": DEFAULT_TOL,
                                                             "check_every": DEFAULT_CHECK_EVERY})}
     for extra in args.extra:
-        kw = dict({"tol": DEFAULT_TOL, "check_every": DEFAULT_CHECK_EVERY}, **parse_overrides([extra]))
+        kw = dict({"tol": DEFAULT_TOL, "check_every": DEFAULT_CHECK_EVERY}, **parse_overrides(extra.split()))
         configs[f"cpp, {extra}"] = ("cpp", kw)
     work = copy.deepcopy(model)
     work.zero_grad(set_to_none=True)

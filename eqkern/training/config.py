@@ -35,7 +35,7 @@ from eqkern.validate import as_float, as_int
 from eqkern.backends import BACKENDS
 from eqkern.backends.update_order import SCHEDULES
 from eqkern.data.datasets import DATASETS
-from eqkern.dynamics.convergence import DEFAULT_TOL, check_stop_args
+from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY, DEFAULT_TOL, check_stop_args
 from eqkern.dynamics.solvers import SOLVERS
 from eqkern.learning.ep import ESTIMATORS
 from eqkern.learning.separate_feedback import RULES
@@ -153,7 +153,7 @@ class PhaseSection(Section):
     leakage: float = 0.0                         # KP-VF λ on W_l, B_l (weight_decay acts too)
     schedule: str = choice(SCHEDULES, "synchronous")     # alternating: even, then odd layers
     tol: float | None = DEFAULT_TOL              # convergence stop of every phase, T, K the caps (None: fixed T, K)
-    check_every: int = 10                        # steps between two convergence checks
+    check_every: int = DEFAULT_CHECK_EVERY       # steps between two convergence checks
     solver: str = choice(SOLVERS, "plain")       # fixed-point solver of every phase (eqkern.dynamics.solvers)
     batched_nudge: bool = False                  # the ±β phases as one batch of 2B
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from eqkern.errors import DivergenceError
 from eqkern.data.datasets import iterate_batches
+from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY
 from eqkern.dynamics.settle import free_phase
 from eqkern.model import energy
 from eqkern.model.crnn import CRNN
@@ -25,7 +26,7 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 def evaluate(
     model: CRNN, x: torch.Tensor, y: torch.Tensor, *, t_free: int, batch_size: int = 500,
     backend: str | None = None, schedule: str = "synchronous", tol: float | None = None,
-    check_every: int = 10, solver: str = "plain",
+    check_every: int = DEFAULT_CHECK_EVERY, solver: str = "plain",
 ) -> tuple[float, float]:
     """(accuracy in %, mean loss) of the free-phase equilibrium on ``x: (N, ...)``, ``y: (N,)``
     (``schedule``, ``tol``, ``check_every``, ``solver``: as in :func:`eqkern.free_phase`)."""
@@ -38,7 +39,7 @@ def evaluate(
 @torch.no_grad()
 def evaluate_batches(model: CRNN, batches: Batches, *, t_free: int, backend: str | None = None,
                      schedule: str = "synchronous", tol: float | None = None,
-                     check_every: int = 10, solver: str = "plain") -> tuple[int, float, int]:
+                     check_every: int = DEFAULT_CHECK_EVERY, solver: str = "plain") -> tuple[int, float, int]:
     """(correct, summed loss, examples) of the free-phase equilibrium over ``batches`` of
     ``(x: (B, ...), y: (B,))``: sums, so that shares of a test set (ranks) add up."""
     correct, loss, n = 0, 0.0, 0
