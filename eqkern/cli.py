@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import traceback
+from fractions import Fraction
 from typing import Any, Callable, Iterator
 
 import torch
@@ -37,7 +38,7 @@ def _arg_type(parse: Callable[[str], Any], check: Callable[..., Any], **bounds):
     def convert(text: str):
         try:
             value = parse(text)
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             value = text  # the check then says what was expected, quoting the text
         try:
             return check("value", value, **bounds)
@@ -46,10 +47,15 @@ def _arg_type(parse: Callable[[str], Any], check: Callable[..., Any], **bounds):
     return convert
 
 
+def _number(text: str) -> float:
+    """A float, or a fraction as ``--set`` reads one (``1/4``)."""
+    return float(Fraction(text)) if "/" in text else float(text)
+
+
 AT_LEAST_1 = _arg_type(int, as_int, minimum=1)
 AT_LEAST_0 = _arg_type(int, as_int, minimum=0)
-POSITIVE = _arg_type(float, as_float, minimum=0.0, exclusive_min=True)
-NONZERO = _arg_type(float, as_float, nonzero=True)
+POSITIVE = _arg_type(_number, as_float, minimum=0.0, exclusive_min=True)
+NONZERO = _arg_type(_number, as_float, nonzero=True)
 THREADS_HELP = "CPU threads for torch (default: torch's)"
 NO_PROGRESS_HELP = "no progress bar (for logs and batch jobs)"
 TENSORBOARD_HELP = ("also log the scalars (accuracy, loss, learning rates, settle steps, ...) per "

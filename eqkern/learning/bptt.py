@@ -17,20 +17,24 @@ from eqkern.errors import ArgumentError
 from eqkern.model import energy
 from eqkern.backends import BACKENDS, get_backend
 from eqkern.backends import precision
-from eqkern.backends.base import Backend, PhaseInputs, accumulate_grads, schedule_groups
+from eqkern.backends.base import Backend, accumulate_grads, schedule_groups
 from eqkern.learning.ep import scalar
 from eqkern.model.checks import as_count
 from eqkern.model.crnn import CRNN
-from eqkern.dynamics.settle import check_phase_args
+from eqkern.dynamics.convergence import DEFAULT_CHECK_EVERY
+from eqkern.dynamics.settle import check_phase_args, settle
 
 
 @dataclass
 class BPTTResult:
-    """final_state: state after the free phase; predictions: ``(batch,)``; loss: mean loss."""
+    """final_state: state after the free phase; predictions: ``(batch,)``; loss: mean loss;
+    steps: the steps run (the prefix's, stopped early with ``tol``, and the ``truncate``
+    unrolled)."""
 
     final_state: list[torch.Tensor]
     predictions: torch.Tensor
     loss: float
+    steps: int
 
 
 def bptt_gradients(
@@ -42,6 +46,9 @@ def bptt_gradients(
     truncate: int | None = None,
     schedule: str = "synchronous",
     backend: str | None = None,
+    tol: float | None = None,
+    check_every: int = DEFAULT_CHECK_EVERY,
+    prefix_backend: str | None = None,
 ) -> BPTTResult:
     """Add ``∂L(s_T)/∂θ`` (mean over the batch; ``L = L_EP + κ Σ L_aug`` with augmentation) to
     every ``.grad``, backpropagating through time.
@@ -53,6 +60,10 @@ def bptt_gradients(
     with BPTT through the same dynamics.
     ``backend``: a ``differentiable`` backend (its steps unroll under autograd), ``"torch"`` by
     default; a backend that is not is a ValueError that says why.
+    ``tol``, ``check_every``: the steps before the graph stop early at the convergence check of
+    :func:`eqkern.settle` (``t_free - truncate`` the cap), so that BPTT unrolls the last
+    ``truncate`` steps into the equilibrium as EP's nudged phases start from it; ``prefix_backend``:
+    the backend of those steps (any: they run without a graph), ``backend`` by default.
     ``x: (batch, *model.input_shape)``, ``y: (batch,)`` class ids.
     A bfloat16 / float16 model runs the steps and their graph in float32 (as
     :func:`eqkern.ep_gradients`); ``final_state`` comes back in the model's dtype, the gradients
@@ -73,7 +84,8 @@ def bptt_gradients(
         x, y = x.to(dtype), precision.upcast_targets(y, dtype)
         state = model.init_state(x.shape[0], like=x)
         with torch.no_grad():
-            be.settle(model, PhaseInputs(x, state, 0.0, t_free - truncate, None, schedule))
+            _, prefix = settle(model, x, state, 0.0, t_free - truncate, backend=prefix_backend or be.name,
+                               schedule=schedule, tol=tol, check_every=check_every, return_steps=True)
         with torch.enable_grad():
             state = be.unroll(model, x, state, truncate, schedule=schedule)
             loss = energy.total_loss(model, state, y) / x.shape[0]
@@ -85,7 +97,7 @@ def bptt_gradients(
     # Written after the block, in the parameters' own dtype; a parameter the loss does not reach
     # keeps its .grad, as with loss.backward().
     accumulate_grads({p: g for p, g in zip(params, grads) if g is not None})
-    return BPTTResult([s.to(storage) for s in final], predictions, scalar(loss))
+    return BPTTResult([s.to(storage) for s in final], predictions, scalar(loss), prefix + truncate)
 
 
 def differentiable_backend(name: str | None, device: torch.device, model: CRNN,

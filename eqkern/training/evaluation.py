@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -61,13 +61,16 @@ def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 @torch.no_grad()
-def evaluate_classifier_batches(model: nn.Module, batches: Batches) -> tuple[int, float, int]:
+def evaluate_classifier_batches(model: nn.Module, batches: Batches, *,
+                                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                                ) -> tuple[int, float, int]:
     """(correct, summed cross-entropy, examples) of a feed-forward classifier over ``batches``,
-    in eval mode (left in it)."""
+    in eval mode (left in it); ``forward(x) -> logits`` instead of ``model(x)`` if given."""
     model.eval()
+    forward = model if forward is None else forward
     correct, loss, n = 0, 0.0, 0
     for xb, yb in batches:
-        logits = model(xb)
+        logits = forward(xb)
         correct += (logits.argmax(1) == yb).sum().item()
         loss += F.cross_entropy(logits, yb, reduction="sum").item()
         n += len(yb)

@@ -6,9 +6,12 @@ before and runs the optimizer after) and evaluates the model the same way it tra
 
 * :class:`EPStep`: ``ep_gradients`` with the config's β, phases, estimator, rule, leakage,
   schedule, convergence stop, batched nudge and backend;
-* :class:`BPTTStep`: ``bptt_gradients`` through ``t_free`` steps (the last ``truncate``);
-* :class:`BackpropStep`: cross-entropy of ``model(x)`` and ``loss.backward()``, for a
-  feed-forward ``nn.Module`` (the BP teacher VGG).
+* :class:`BPTTStep`: ``bptt_gradients`` through ``t_free`` steps (the last ``truncate``; the
+  steps before them stop at the config's convergence check);
+* :class:`BackpropStep`: cross-entropy of the logits and ``loss.backward()``: of ``model(x)``
+  for a feed-forward ``nn.Module`` (the BP teacher VGG), of the feed-forward pass of a CRNN's
+  architecture (:mod:`eqkern.model.feedforward`: same convolutions, pools, activations and
+  read-out, no feedback) for a CRNN, the backprop ceiling of EP on the same network.
 
 :func:`make_step` picks one by ``cfg.method`` (``"ep"`` | ``"bptt"`` | ``"bp"``).
 """
@@ -24,6 +27,8 @@ import torch.nn.functional as F
 from eqkern.errors import ArgumentError
 from eqkern.learning.bptt import bptt_gradients
 from eqkern.learning.ep import ep_gradients
+from eqkern.model.crnn import CRNN
+from eqkern.model.feedforward import feedforward_logits, feedforward_states
 from eqkern.training.evaluation import evaluate_batches, evaluate_classifier_batches
 
 __all__ = ["StepResult", "EPStep", "BPTTStep", "BackpropStep", "make_step"]
@@ -31,7 +36,8 @@ __all__ = ["StepResult", "EPStep", "BPTTStep", "BackpropStep", "make_step"]
 
 @dataclass
 class StepResult:
-    """predictions ``(batch,)``, mean loss, settle steps run, the free state (None for BP)."""
+    """predictions ``(batch,)``, mean loss, settle steps run, the free state (for BP: the
+    feed-forward states of a CRNN, None for another module)."""
 
     predictions: torch.Tensor
     loss: float
@@ -64,9 +70,12 @@ class EPStep(_CRNNStep):
 class BPTTStep(_CRNNStep):
     def __call__(self, model, x, targets, generator=None) -> StepResult:
         c = self.cfg
+        # The steps before the graph on the run's backend (any: they need no graph), stopped
+        # at the run's convergence check as EP's free phase is.
         res = bptt_gradients(model, x, targets, t_free=c.t_free, truncate=c.truncate,
-                             schedule=c.schedule)
-        return StepResult(res.predictions, res.loss, c.t_free, res.final_state)
+                             schedule=c.schedule, tol=c.tol, check_every=c.check_every,
+                             prefix_backend=c.backend)
+        return StepResult(res.predictions, res.loss, res.steps, res.final_state)
 
 
 class BackpropStep:
@@ -75,14 +84,20 @@ class BackpropStep:
 
     def __call__(self, model, x, targets, generator=None) -> StepResult:
         with torch.enable_grad():
-            logits = model(x)
+            if isinstance(model, CRNN):  # its states, for the engine's per-layer |state|
+                states = feedforward_states(model, x)
+                logits = model.logits(states[-1])
+            else:
+                states, logits = None, model(x)
             loss = F.cross_entropy(logits, targets)
             loss.backward()
-        return StepResult(logits.detach().argmax(1), loss.item())
+        free = None if states is None else [s.detach() for s in states]
+        return StepResult(logits.detach().argmax(1), loss.item(), 0, free)
 
     def evaluate(self, model, batches) -> tuple[int, float, int]:
+        forward = (lambda x: feedforward_logits(model, x)) if isinstance(model, CRNN) else None
         try:
-            return evaluate_classifier_batches(model, batches)
+            return evaluate_classifier_batches(model, batches, forward=forward)
         finally:
             model.train()
 

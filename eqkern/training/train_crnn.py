@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 from eqkern.errors import ArgumentError
 from eqkern.data.datasets import DataSplit
 from eqkern.model.crnn import CRNN
+from eqkern.training.config import METHODS
 from eqkern.training.engine import Outputs, fit
 from eqkern.training.presets import Preset, TrainConfig
 
@@ -45,8 +46,8 @@ def train(
     ``allow_changes``: config fields that may differ on resume (see
     :func:`eqkern.training.engine.fit`).
     """
-    if config.method not in ("ep", "bptt"):
-        raise ArgumentError(f"method must be 'ep' or 'bptt', got {config.method!r}")
+    if config.method not in METHODS:
+        raise ArgumentError(f"method must be one of {METHODS}, got {config.method!r}")
     model.default_steps = config.t_free
     out = Outputs.folder(out_dir, f"eqkern {config.method.upper()}") if out_dir is not None else None
     return fit(model, data, config, test_data=test_data, out_dir=out, resume=resume,

@@ -66,6 +66,27 @@ def test_bptt_matches_unrolled_autograd_of_phi():
         assert err <= 1e-12
 
 
+def test_bptt_prefix_stopped_by_tol_equals_a_long_fixed_prefix():
+    """With ``tol`` the steps before the graph stop at the equilibrium: the gradient through the
+    last ``truncate`` steps is then the one after a long fixed prefix (fp64, to 1e-9), in fewer
+    steps; ``prefix_backend`` runs those steps on a backend without autograd (cpp) to the same."""
+    model, x, y = gdu_model()
+    t_free, truncate = 200, 10
+    model.zero_grad(set_to_none=True)
+    fixed = bptt_gradients(model, x, y, t_free=t_free, truncate=truncate)
+    want = [p.grad.clone() for p in model.parameters()]
+    for prefix_backend in (None, "cpp"):
+        model.zero_grad(set_to_none=True)
+        res = bptt_gradients(model, x, y, t_free=t_free, truncate=truncate, tol=1e-11,
+                             check_every=5, prefix_backend=prefix_backend)
+        errs = [rel_rms(w, p.grad) for w, p in zip(want, model.parameters())]
+        print(f"prefix on {prefix_backend or 'torch'}: {res.steps} of {fixed.steps} steps, "
+              f"max rel RMS vs fixed {max(errs):.2e}")
+        assert fixed.steps == t_free and truncate < res.steps < t_free // 2
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        assert max(errs) <= 1e-9
+
+
 def test_gdu_leaves_model_grads_alone():
     model, x, y = gdu_model()
     check_gdu(model, x, y, beta=1e-3, t_free=5, t_nudge=2, backend="torch")

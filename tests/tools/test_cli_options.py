@@ -55,3 +55,14 @@ def test_demo_no_progress_writes_no_bar(tmp_path):
                        "--out", str(tmp_path / "run")])
     print(rc, repr(err.getvalue()[-500:]), out.getvalue()[-300:])
     assert rc == 0 and "it/s" not in err.getvalue() and "reached" in out.getvalue()
+
+
+def test_number_options_take_fractions_as_set_does():
+    parser = cli.build_parser()
+    args = parser.parse_args(["teacher", "--width", "1/4", "--out", "t.pt"])
+    assert args.width == 0.25
+    for bad in ("1/0", "abc", "-1/4"):
+        with contextlib.redirect_stderr(io.StringIO()) as err, pytest.raises(SystemExit):
+            parser.parse_args(["teacher", f"--width={bad}", "--out", "t.pt"])
+        print(err.getvalue().strip())
+        assert "argument --width: must be a finite number > 0" in err.getvalue()

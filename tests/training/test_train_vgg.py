@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from eqkern.cli import main
+from eqkern.model.feedforward import feedforward_logits
 from eqkern.training.presets import PRESETS, get_preset
 from eqkern.training.teacher import build_teacher, load_teacher, teacher_features, train_teacher
 from eqkern.training.train_preset import train_vgg
@@ -37,6 +38,26 @@ def test_every_preset_runs_a_training_step(name):
     assert rec["update_abs"][-1] > 0 and all(v >= 0 for v in rec["update_abs"])
     p = res.preset
     assert rec["kappa"] == pytest.approx(p.kappa) and res.model.kappa == rec["kappa"]
+
+
+@pytest.mark.parametrize("method", ["bptt", "bp"])
+def test_bptt_and_bp_train_the_same_network(method):
+    """BPTT through the dynamics and backprop of the feed-forward pass (the ceiling of Laborieux
+    Table 1) run on a preset's CRNN; bp's test accuracy is that of the feed-forward pass."""
+    data, _ = _setup("vgg5-ce-cifar10", n=16)
+    res = train_vgg("vgg5-ce-cifar10", data=data, progress=False, log=lambda s: None,
+                    method=method, **TINY)
+    rec = res.history[0]
+    assert len(rec["state_abs"]) == res.model.num_layers and rec["update_abs"][-1] > 0
+    if method == "bp":  # one pass reaches every layer (BPTT through 2 steps only the top ones)
+        assert all(v > 0 for v in rec["update_abs"])
+        with torch.no_grad():
+            pred = feedforward_logits(res.model, data.x_test).argmax(1)
+        want = 100.0 * (pred == data.y_test).float().mean().item()
+        print(f"bp: test acc {rec['test_acc']} (engine) vs {want} (feed-forward pass)")
+        assert rec["test_acc"] == pytest.approx(want) and rec["settle_steps"] == 0
+    else:
+        assert rec["settle_steps"] == TINY["t_free"] * rec["batches"]
 
 
 def test_any_torch_optimizer_and_missing_teacher():
