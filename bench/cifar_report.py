@@ -107,19 +107,26 @@ def plot_study(histories: dict[str, list[dict]], png: Path, title: str) -> None:
 
 def _layer_panels(axes, histories: dict[str, list[dict]]) -> None:
     """Per-layer mean |state| and |update| over epochs (Lin Fig. 5): colour the layer, line style
-    the method."""
-    for m, (label, h) in enumerate(histories.items()):
+    the method (one legend entry each)."""
+    from matplotlib.lines import Line2D
+
+    drawn, layers = [], 0
+    for label, h in histories.items():
         if not h or not h[0].get("state_abs"):
             continue
+        style = STYLES[len(drawn) % len(STYLES)]
+        drawn.append(Line2D([], [], color="k", ls=style, label=label))
         ep = [r["epoch"] for r in h]
         for key, ax in (("state_abs", axes[0]), ("update_abs", axes[1])):
+            layers = max(layers, len(h[0][key]))
             for layer in range(len(h[0][key])):
-                ax.plot(ep, [r[key][layer] for r in h], STYLES[m % len(STYLES)], color=f"C{layer}",
-                        label=f"{label}, layer {layer + 1}" if key == "state_abs" else None)
+                ax.plot(ep, [r[key][layer] for r in h], style, color=f"C{layer}")
     axes[0].set_ylabel("mean |state| per layer")
-    axes[1].set_ylabel("mean |update| per weight tensor")
+    axes[1].set_ylabel("mean |update| per weight tensor (last: read-out)")
     axes[1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=6, ncols=2)
+    colours = [Line2D([], [], color=f"C{i}", label=f"layer {i + 1}") for i in range(layers)]
+    axes[0].legend(handles=drawn, fontsize=7, loc="upper left")
+    axes[1].legend(handles=colours, fontsize=7, ncols=2, loc="lower right")

@@ -10,8 +10,8 @@
 --resume`` in its own folder under ``--runs`` (so a run continues where it stopped, mid-epoch
 too). At ``--minutes`` it sends the run Ctrl-C, which makes it write its checkpoint and stop,
 and exits: run it again (next session) to go on. ``save`` / ``restore`` copy each run's
-``checkpoint.pt`` and ``metrics.jsonl`` to and from ``--keep`` (a tracked folder, for machines
-whose ``runs/`` does not survive). ``report`` writes the study's table (markdown) and its figure
+``metrics.jsonl``, and the checkpoints a run under way needs to go on, to and from ``--keep`` (a
+tracked folder, for machines whose ``runs/`` does not survive). ``report`` writes the study's table (markdown) and its figure
 (test accuracy against epoch and against wall-clock, every method on one figure; per-layer mean
 |state| and |update| for the depth study) from the runs' ``metrics.jsonl``.
 
@@ -81,7 +81,11 @@ STUDIES = {
          Run("ep-le", "EP + LE", "vgg7-le-cifar10", paper="88.99 %"),
          Run("ep-kd", "EP + KD (VGG-19 teacher)", "vgg7-kd-cifar10", paper="89.67 %",
              teacher="vgg19"),
-         Run("bp", "BP, feed-forward", "vgg7-le-cifar10", ("method=bp",))),
+         Run("bp", "BP, feed-forward", "vgg7-le-cifar10", ("method=bp",)),
+         # PyTorch's default init (the presets', Laborieux's) is Kaiming-uniform with a = √5:
+         # bound 1/√fan_in; ×√6 gives He et al.'s a = 0 bound √(6/fan_in) (the biases scale too).
+         Run("bp-he", "BP, feed-forward, He init (init_scale=√6)", "vgg7-le-cifar10",
+             ("method=bp", "init_scale=2.449"))),
         teachers=(Teacher("vgg19", "vgg19", "93.37 % (full width, full data)"),)),
 }
 
@@ -107,9 +111,13 @@ def train_command(args, study: str, run: Run) -> list[str]:
 
 
 def teacher_command(args, study: str, t: Teacher) -> list[str]:
+    """Its training, resumed; trained again from the start where only its metrics were kept (the
+    teacher's weights are kept only while a student needs them: see :func:`_run_files`)."""
+    path = teacher_path(args, study, t)
+    again = path.with_suffix(".metrics.jsonl").exists() and not path.exists()
     return [sys.executable, "-m", "eqkern", "teacher", "--arch", t.arch, "--dataset",
-            "cifar10_subset", "--width", "1/4", "--epochs", str(EPOCHS), "--out",
-            str(teacher_path(args, study, t)), "--resume", "--no-progress", *data_root(args)]
+            "cifar10_subset", "--width", "1/4", "--epochs", str(EPOCHS), "--out", str(path),
+            "--overwrite" if again else "--resume", "--no-progress", *data_root(args)]
 
 
 def data_root(args) -> list[str]:
@@ -131,10 +139,17 @@ def jobs(args, study: str) -> list[tuple[str, list[str], Path]]:
     return [j for j in out if only is None or j[0] in only]
 
 
+def students_left(args, teacher_job: str) -> bool:
+    """Whether a run that distils from this teacher still has epochs to go."""
+    return any(f"teacher-{r.teacher}" == teacher_job and
+               epochs_done(run_dir(args, args.study, r.name) / "metrics.jsonl") < EPOCHS
+               for r in STUDIES[args.study].runs)
+
+
 def run_all(args) -> int:
     deadline = time.monotonic() + 60 * args.minutes
     for name, cmd, metrics in jobs(args, args.study):
-        if epochs_done(metrics) >= EPOCHS:
+        if epochs_done(metrics) >= EPOCHS and not ("--overwrite" in cmd and students_left(args, name)):
             continue
         left = deadline - time.monotonic()
         if left < 60:
@@ -158,13 +173,26 @@ def run_all(args) -> int:
 
 
 def _run_files(args, study: str) -> list[Path]:
-    """The files of each run that resuming needs, relative to ``--runs``."""
-    files = []
-    for t in STUDIES[study].teachers:
+    """The files that resuming needs, relative to ``--runs``: every run's metrics, the checkpoint
+    of a run not yet finished, and a teacher's while a run that distils from it is under way
+    (a finished run needs none: its metrics are its result)."""
+    s, files = STUDIES[study], []
+
+    def unfinished(metrics: Path) -> bool:
+        return epochs_done(metrics) < EPOCHS
+
+    for r in s.runs:
+        folder = run_dir(args, study, r.name)
+        files.append(folder / "metrics.jsonl")
+        if unfinished(folder / "metrics.jsonl"):
+            files.append(folder / "checkpoint.pt")
+    for t in s.teachers:
         p = teacher_path(args, study, t)
-        files += [p, p.with_suffix(".metrics.jsonl")]
-    for r in STUDIES[study].runs:
-        files += [run_dir(args, study, r.name) / f for f in ("checkpoint.pt", "metrics.jsonl")]
+        files.append(p.with_suffix(".metrics.jsonl"))
+        students = [run_dir(args, study, r.name) / "metrics.jsonl" for r in s.runs if r.teacher == t.name]
+        if unfinished(p.with_suffix(".metrics.jsonl")) or any(
+                (m.parent / "checkpoint.pt").exists() and unfinished(m) for m in students):
+            files.append(p)
     return [f.relative_to(args.runs) for f in files]
 
 
