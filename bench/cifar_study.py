@@ -85,7 +85,9 @@ STUDIES = {
          # PyTorch's default init (the presets', Laborieux's) is Kaiming-uniform with a = √5:
          # bound 1/√fan_in; ×√6 gives He et al.'s a = 0 bound √(6/fan_in) (the biases scale too).
          Run("bp-he", "BP, feed-forward, He init (init_scale=√6)", "vgg7-le-cifar10",
-             ("method=bp", "init_scale=2.449"))),
+             ("method=bp", "init_scale=2.449")),
+         Run("ep-standard-he", "EP, standard, He init (init_scale=√6)", "vgg7-le-cifar10",
+             ("augment=none", "augment_layers=", "init_scale=2.449"))),
         teachers=(Teacher("vgg19", "vgg19", "93.37 % (full width, full data)"),)),
 }
 

@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into the README's performance table and a PNG.
 
-Usage: python bench/report.py bench/results/latest.json [--png bench/results/latest.png]
+Usage: python bench/report.py bench/results/latest.json [--png bench/results/latest.png] [--summary]
 
 Per group (one op and size), each provider's median time (per step for phase benchmarks, whose
 ``extra_info["steps"]`` says how many steps were timed), its speed-up against ``reference`` and
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 
 
@@ -67,6 +68,37 @@ def table(groups: dict[str, dict[str, float]],
     return "\n".join(lines)
 
 
+SUMMARY_OPS = ("settle-step", "free-phase", "hebbian-update", "iteration")
+SUMMARY_PROVIDERS = ("reference", "torch", "cpp", "bptt")
+
+
+def summary(groups: dict[str, dict[str, float]]) -> str:
+    """The README's compact table: per size and op, each provider's median in ms (per step for
+    phases) with its speed-up against reference, and the conv floor (NCHW / channels-last)."""
+    rows = ["| size | op | " + " | ".join(SUMMARY_PROVIDERS) + " | conv floor (NCHW / channels-last) |",
+            "| --- | --- |" + " --- |" * (len(SUMMARY_PROVIDERS) + 1)]
+    found = {}
+    for group, times in groups.items():
+        # "settle-step-vgg5-b128 (5 steps per call)": an op, then a size of bench/conftest.py
+        m = re.fullmatch(r"(?P<op>[a-z-]+?)-(?P<size>[a-z0-9]+-b\d+)", group.split(" (")[0])
+        if m and m["op"] in SUMMARY_OPS:
+            found[(m["size"], SUMMARY_OPS.index(m["op"]))] = (m["op"], times)
+    for (size, _), (op, times) in sorted(found.items()):
+        ref = times.get("reference")
+        cells = []
+        for p in SUMMARY_PROVIDERS:
+            t = times.get(p)
+            if t is None:
+                cells.append("–")
+            else:
+                ratio = f" ({ref / t:.2f}×)" if ref and p != "reference" else ""
+                cells.append(f"{1000 * t:.1f} ms{ratio}")
+        floors = [times.get(p) for p in ("conv-floor", "conv-floor-cl")]
+        floor = " / ".join("–" if t is None else f"{1000 * t:.1f}" for t in floors)
+        rows.append(f"| {size} | {op} | " + " | ".join(cells) + f" | {floor + ' ms' if any(floors) else '–'} |")
+    return "\n".join(rows)
+
+
 def plot(groups: dict[str, dict[str, float]], path: str) -> None:
     """Speed-up against reference per group and provider (bar chart)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -94,11 +126,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json")
     ap.add_argument("--png", default=None)
+    ap.add_argument("--summary", action="store_true", help="the README's compact table instead")
     args = ap.parse_args()
     data, groups = load(args.json)
     print(header(data))
     print()
-    print(table(groups, precisions(data)))
+    print(summary(groups) if args.summary else table(groups, precisions(data)))
     if args.png:
         plot(groups, args.png)
         print(f"\nwrote {args.png}")
