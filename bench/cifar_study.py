@@ -168,6 +168,9 @@ def run_all(args) -> int:
             proc.wait()
             print(f"[cifar_study] {name} stopped at the time limit: run again to go on", flush=True)
             return 0
+        if proc.returncode == 130:  # Ctrl-C reached the run itself: its checkpoint is written
+            print(f"[cifar_study] {name} interrupted: run again to go on", flush=True)
+            return proc.returncode
         if proc.returncode != 0:
             print(f"[cifar_study] {name} failed (exit {proc.returncode})", flush=True)
             return proc.returncode
