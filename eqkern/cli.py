@@ -10,12 +10,12 @@ import os
 import sys
 import time
 import traceback
-from fractions import Fraction
 from typing import Any, Callable, Iterator
 
 import torch
 
 from eqkern.errors import ArgumentError, EqkernError
+from eqkern.training.config import parse_number
 from eqkern.validate import as_device, as_float, as_int
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -47,15 +47,10 @@ def _arg_type(parse: Callable[[str], Any], check: Callable[..., Any], **bounds):
     return convert
 
 
-def _number(text: str) -> float:
-    """A float, or a fraction as ``--set`` reads one (``1/4``)."""
-    return float(Fraction(text)) if "/" in text else float(text)
-
-
 AT_LEAST_1 = _arg_type(int, as_int, minimum=1)
 AT_LEAST_0 = _arg_type(int, as_int, minimum=0)
-POSITIVE = _arg_type(_number, as_float, minimum=0.0, exclusive_min=True)
-NONZERO = _arg_type(_number, as_float, nonzero=True)
+POSITIVE = _arg_type(parse_number, as_float, minimum=0.0, exclusive_min=True)
+NONZERO = _arg_type(parse_number, as_float, nonzero=True)
 THREADS_HELP = "CPU threads for torch (default: torch's)"
 NO_PROGRESS_HELP = "no progress bar (for logs and batch jobs)"
 TENSORBOARD_HELP = ("also log the scalars (accuracy, loss, learning rates, settle steps, ...) per "

@@ -45,7 +45,7 @@ from eqkern.model.vgg import VGG_ARCHS
 from eqkern.training.kappa import SCHEDULES as KAPPA_SCHEDULES
 from eqkern.training.kappa import make_schedule
 
-__all__ = ["Section", "validate_section", "LabelSection", "DataSection", "ModelSection", "PhaseSection", "OptimSection",
+__all__ = ["parse_number", "Section", "validate_section", "LabelSection", "DataSection", "ModelSection", "PhaseSection", "OptimSection",
            "AugmentSection", "RunSection", "SECTIONS", "METHODS", "OPTIMIZERS", "SKIPS",
            "AUGMENTS", "DATA_AUGMENTATIONS", "parse_field", "check_field", "check_fields",
            "describe_type", "field_types", "choice", "MAX_SEED"]
@@ -293,6 +293,12 @@ class _Mismatch(Exception):
     pass
 
 
+def parse_number(text: str) -> float:
+    """A float, or a fraction (``1/8``): how ``--set`` and the CLI's number options read one.
+    ValueError or ZeroDivisionError when ``text`` is neither."""
+    return float(Fraction(text)) if "/" in text else float(text)
+
+
 def _from_text(tp, raw: str) -> Any:
     """``raw`` read as ``tp`` (raises _Mismatch)."""
     inner, optional = _optional(tp)
@@ -310,7 +316,7 @@ def _from_text(tp, raw: str) -> Any:
         elif inner is int:
             return int(text)
         elif inner is float:
-            return float(Fraction(text)) if "/" in text else float(text)
+            return parse_number(text)
         elif inner is str:
             return text
     except (ValueError, ZeroDivisionError):
