@@ -54,8 +54,8 @@ def write_report(args, study, jobs, epochs: int) -> None:
     name = args.study
     out = Path(args.out or f"bench/results/cifar10-mini/{name}.md")
     png = Path(args.png or f"docs/cifar10_{name}_curves.png")
-    commands = {n: display_command(c) for n, c, _ in jobs}
-    metrics = {n: m for n, _, m in jobs}
+    commands = {j.name: display_command(j.command) for j in jobs}
+    metrics = {j.name: j.metrics for j in jobs}
     lines = [f"# {study.title}", "",
              f"`python bench/cifar_study.py report --study {name}`; the runs by `python "
              f"bench/cifar_study.py run --study {name}` (each row's command below). Test accuracy "
@@ -83,7 +83,7 @@ def write_report(args, study, jobs, epochs: int) -> None:
 
 
 def plot_study(histories: dict[str, list[dict]], png: Path, title: str) -> None:
-    layered = any(rec.get("state_abs") for h in histories.values() for rec in h) and len(histories) > 0
+    layered = any(rec.get("state_abs") for h in histories.values() for rec in h)
     fig = Figure(figsize=(12, 8 if layered else 4.2), layout="constrained")
     axes = fig.subplots(2 if layered else 1, 2, squeeze=False)
     for k, (label, h) in enumerate(histories.items()):

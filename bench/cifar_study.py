@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALED = ("width=1/4", "dataset=cifar10_subset")
@@ -130,28 +131,39 @@ def epochs_done(metrics: Path) -> int:
     return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
 
-def jobs(args, study: str) -> list[tuple[str, list[str], Path]]:
-    """(name, command, metrics file) of every run of the study, teachers first."""
-    out = [(f"teacher-{t.name}", teacher_command(args, study, t),
-            teacher_path(args, study, t).with_suffix(".metrics.jsonl"))
-           for t in STUDIES[study].teachers]
-    out += [(r.name, train_command(args, study, r), run_dir(args, study, r.name) / "metrics.jsonl")
-            for r in STUDIES[study].runs]
-    only = set(args.only.split(",")) if args.only else None
-    return [j for j in out if only is None or j[0] in only]
+class Job(NamedTuple):
+    name: str
+    command: list[str]
+    metrics: Path
+    todo: bool  # epochs to go, or a teacher's weights to make again for a student under way
 
 
-def students_left(args, teacher_job: str) -> bool:
+def students_left(args, study: str, teacher: str) -> bool:
     """Whether a run that distils from this teacher still has epochs to go."""
-    return any(f"teacher-{r.teacher}" == teacher_job and
-               epochs_done(run_dir(args, args.study, r.name) / "metrics.jsonl") < EPOCHS
-               for r in STUDIES[args.study].runs)
+    return any(r.teacher == teacher and
+               epochs_done(run_dir(args, study, r.name) / "metrics.jsonl") < EPOCHS
+               for r in STUDIES[study].runs)
+
+
+def jobs(args, study: str) -> list[Job]:
+    """Every run of the study, teachers first."""
+    out = []
+    for t in STUDIES[study].teachers:
+        path = teacher_path(args, study, t)
+        metrics = path.with_suffix(".metrics.jsonl")
+        todo = epochs_done(metrics) < EPOCHS or (not path.exists() and students_left(args, study, t.name))
+        out.append(Job(f"teacher-{t.name}", teacher_command(args, study, t), metrics, todo))
+    for r in STUDIES[study].runs:
+        metrics = run_dir(args, study, r.name) / "metrics.jsonl"
+        out.append(Job(r.name, train_command(args, study, r), metrics, epochs_done(metrics) < EPOCHS))
+    only = set(args.only.split(",")) if args.only else None
+    return [j for j in out if only is None or j.name in only]
 
 
 def run_all(args) -> int:
     deadline = time.monotonic() + 60 * args.minutes
-    for name, cmd, metrics in jobs(args, args.study):
-        if epochs_done(metrics) >= EPOCHS and not ("--overwrite" in cmd and students_left(args, name)):
+    for name, cmd, metrics, todo in jobs(args, args.study):
+        if not todo:
             continue
         left = deadline - time.monotonic()
         if left < 60:
@@ -224,7 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--png", default=None, help="report: the figure (default docs/cifar10_STUDY_curves.png)")
     args = ap.parse_args(argv)
     if args.action == "commands":
-        for name, cmd, _ in jobs(args, args.study):
+        for name, cmd, *_ in jobs(args, args.study):
             print(f"{name}: python {' '.join(cmd[1:])}")
         return 0
     if args.action == "run":
