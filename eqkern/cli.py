@@ -51,6 +51,16 @@ AT_LEAST_1 = _arg_type(int, as_int, minimum=1)
 AT_LEAST_0 = _arg_type(int, as_int, minimum=0)
 POSITIVE = _arg_type(parse_number, as_float, minimum=0.0, exclusive_min=True)
 NONZERO = _arg_type(parse_number, as_float, nonzero=True)
+AT_LEAST_0_FLOAT = _arg_type(parse_number, as_float, minimum=0.0)
+
+
+def POSITIVE_OR_NONE(text: str):
+    """A positive number, or ``none`` (as ``--set tol=none``)."""
+    return None if text.strip().lower() == "none" else POSITIVE(text)
+
+
+# The demo network's GDU check: a small β and enough steps for the free phase to settle.
+GDU_DEMO = {"beta": 1e-3, "t_free": 100, "t_nudge": 30}
 THREADS_HELP = "CPU threads for torch (default: torch's)"
 NO_PROGRESS_HELP = "no progress bar (for logs and batch jobs)"
 TENSORBOARD_HELP = ("also log the scalars (accuracy, loss, learning rates, settle steps, ...) per "
@@ -129,24 +139,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_gdu(args: argparse.Namespace) -> int:
-    from eqkern.data.datasets import load_dataset
-    from eqkern.learning.gdu import check_gdu, format_gdu
+    from eqkern.learning.gdu import format_gdu
 
-    dtype = DTYPES[args.dtype]
-    data = load_dataset(args.dataset, args.data_root, limit_train=args.batch, limit_test=1)
-    torch.manual_seed(args.seed)
-    model = demo_model(data.input_shape, data.num_classes).to(dtype)
-    x, y = data.x_train[: args.batch].to(dtype), data.y_train[: args.batch]
-    rows = check_gdu(model, x, y, beta=args.beta, t_free=args.t_free, t_nudge=args.t_nudge,
-                     estimator=args.estimator, backend=args.backend)
-    print(f"GDU check: {args.estimator} EP (beta={args.beta}, T_free={args.t_free}, "
-          f"K={args.t_nudge}) vs BPTT over the last K steps, {args.dtype}, batch {args.batch}")
+    if args.run is not None:
+        if args.dataset != "mnist_subset":
+            raise ArgumentError(f"--dataset {args.dataset} was given with --run: a run is checked "
+                                f"on its own dataset; drop --dataset")
+        rows, header = _gdu_of_run(args)
+    else:
+        given = [flag for flag, v in (("--teacher", args.teacher), ("--kappa", args.kappa))
+                 if v is not None] + (["--tol"] if args.tol is not ... else [])
+        if given:
+            raise ArgumentError(f"{given[0]} applies to a training run's network: add --run DIR")
+        rows, header = _gdu_of_demo_net(args)
+    print(header)
     print(format_gdu(rows))
     if args.png:
         from eqkern.tools.plots import plot_gdu
 
         print(f"wrote {plot_gdu(rows, args.png)}")
     return 0
+
+
+def _gdu_of_demo_net(args: argparse.Namespace) -> tuple[list[dict], str]:
+    from eqkern.data.datasets import load_dataset
+    from eqkern.learning.gdu import check_gdu
+
+    beta, t_free, t_nudge = (GDU_DEMO[k] if getattr(args, k) is None else getattr(args, k)
+                             for k in ("beta", "t_free", "t_nudge"))
+    batch = 16 if args.batch is None else args.batch
+    dtype = DTYPES[args.dtype or "float64"]
+    data = load_dataset(args.dataset, args.data_root, limit_train=batch, limit_test=1)
+    torch.manual_seed(args.seed)
+    model = demo_model(data.input_shape, data.num_classes).to(dtype)
+    x, y = data.x_train[:batch].to(dtype), data.y_train[:batch]
+    rows = check_gdu(model, x, y, beta=beta, t_free=t_free, t_nudge=t_nudge,
+                     estimator=args.estimator or "symmetric", backend=args.backend)
+    return rows, (f"GDU check: {args.estimator or 'symmetric'} EP (beta={beta}, T_free={t_free}, "
+                  f"K={t_nudge}) vs BPTT over the last K steps, {args.dtype or 'float64'}, "
+                  f"batch {batch}")
+
+
+def _gdu_of_run(args: argparse.Namespace) -> tuple[list[dict], str]:
+    from eqkern.tools.run_gdu import gdu_of_run
+
+    phase = {k: getattr(args, k) for k in ("beta", "t_free", "t_nudge", "estimator")
+             if getattr(args, k) is not None}
+    if args.tol is not ...:
+        phase["tol"] = args.tol
+    check = gdu_of_run(args.run, batch=16 if args.batch is None else args.batch,
+                       data_root=args.data_root, teacher=args.teacher, kappa=args.kappa,
+                       backend=args.backend, dtype=DTYPES.get(args.dtype), **phase)
+    return check.rows, check.header()
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -289,15 +333,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     gdu = sub.add_parser("gdu", help="EP's update vs BPTT's gradient, per parameter")
     data_args(gdu)
+    gdu.add_argument("--run", default=None, metavar="DIR",
+                     help="check a training run's network at its checkpoint (DIR of eqkern train "
+                          "--out, or its checkpoint.pt) with the run's dataset, beta, T, K and "
+                          "stop; without it: a fresh demo network")
+    gdu.add_argument("--teacher", default=None,
+                     help="with --run of a KD run: its teacher (default the run's teacher_path)")
+    gdu.add_argument("--kappa", type=AT_LEAST_0_FLOAT, default=None,
+                     help="with --run: learning-signal weight (default the run's last epoch's; "
+                          "0: plain EP)")
+    gdu.add_argument("--tol", type=POSITIVE_OR_NONE, default=...,
+                     help="with --run: the phases' convergence stop, or 'none' for fixed T "
+                          "(default the run's)")
     gdu.add_argument("--estimator", choices=["symmetric", "one_sided", "random_sign"],
-                     default="symmetric", help="EP gradient estimator")
-    gdu.add_argument("--batch-size", "--batch", dest="batch", type=AT_LEAST_1, default=16,
-                     help="images in the batch")
-    gdu.add_argument("--beta", type=NONZERO, default=1e-3, help="nudging strength β")
-    gdu.add_argument("--t-free", type=AT_LEAST_1, default=100, help="free-phase settling steps")
-    gdu.add_argument("--t-nudge", type=AT_LEAST_1, default=30,
-                     help="nudged-phase steps = BPTT's truncation K")
-    gdu.add_argument("--dtype", choices=list(DTYPES), default="float64", help="arithmetic")
+                     default=None, help="EP gradient estimator (default symmetric / the run's)")
+    gdu.add_argument("--batch-size", "--batch", dest="batch", type=AT_LEAST_1, default=None,
+                     help="images in the batch (default 16)")
+    gdu.add_argument("--beta", type=NONZERO, default=None,
+                     help=f"nudging strength β (default {GDU_DEMO['beta']:g} / the run's)")
+    gdu.add_argument("--t-free", type=AT_LEAST_1, default=None,
+                     help=f"free-phase settling steps (default {GDU_DEMO['t_free']} / the run's)")
+    gdu.add_argument("--t-nudge", type=AT_LEAST_1, default=None,
+                     help=f"nudged-phase steps = BPTT's truncation K (default "
+                          f"{GDU_DEMO['t_nudge']} / the run's)")
+    gdu.add_argument("--dtype", choices=list(DTYPES), default=None,
+                     help="arithmetic (default float64 for the demo network, a run's own for --run)")
     gdu.add_argument("--png", default=None, help="also write a bar chart here")
     gdu.set_defaults(func=cmd_gdu)
 

@@ -1,0 +1,120 @@
+"""The GDU check on a training run's network: EP's update vs BPTT's gradient at its checkpoint.
+
+``eqkern gdu --run DIR`` asks, of a run that does not learn, whether EP's update still follows
+the gradient (the estimate is wrong) or the gradient itself is small (the network or its
+signal is). It rebuilds the run's network from its checkpoint, takes the first training
+images of its dataset (not augmented) and runs :func:`eqkern.learning.gdu.check_gdu` with the
+run's β, T, K, estimator and stop, at the κ the run last trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eqkern.data.datasets import load_dataset
+from eqkern.errors import ArgumentError
+from eqkern.learning.gdu import check_gdu
+from eqkern.model.auxiliary import Targets
+from eqkern.training import checkpoint
+from eqkern.training.build import build_model, resolve_teacher, teacher_targets
+from eqkern.training.presets import Preset, get_preset
+
+__all__ = ["RunCheck", "gdu_of_run"]
+
+
+@dataclasses.dataclass
+class RunCheck:
+    """What :func:`gdu_of_run` compared: the rows and the settings they were computed with."""
+
+    rows: list[dict]
+    preset: str
+    epoch: int
+    kappa: float
+    beta: float
+    t_free: int
+    t_nudge: int
+    tol: float | None
+    batch: int
+    dtype: str
+
+    def header(self) -> str:
+        stop = "fixed T" if self.tol is None else f"stop at tol {self.tol:g}"
+        return (f"GDU check of {self.preset} at its checkpoint (after epoch {self.epoch}): EP "
+                f"(beta={self.beta:g}, T_free={self.t_free}, K={self.t_nudge}, {stop}, "
+                f"kappa={self.kappa:g}) vs BPTT over the last K of T_free plain steps, "
+                f"first {self.batch} training images, {self.dtype}")
+
+
+def _checkpoint_path(run: str | os.PathLike) -> Path:
+    path = Path(run)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise ArgumentError(f"run={str(run)!r} (--run): no checkpoint there; expected a run folder "
+                            f"written by `eqkern train --out DIR` or its checkpoint.pt")
+    return path
+
+
+def _run_config(saved: dict, run) -> Preset:
+    """The run's preset: its named preset with every field the run changed (the architecture,
+    saved as text, must be the preset's own)."""
+    base = get_preset(saved["name"])
+    plain = checkpoint.config_dict(base)
+    if saved.get("arch") != plain["arch"]:
+        raise ArgumentError(f"run={str(run)!r} (--run): its architecture {saved.get('arch')} is not "
+                            f"preset {base.name}'s {plain['arch']}; check it with the Python API "
+                            f"(eqkern.learning.gdu.check_gdu on the rebuilt network)")
+    changed = {k: v for k, v in saved.items()
+               if k not in ("name", "source", "notes", "arch") and plain.get(k) != v}
+    return get_preset(base.name, **changed)
+
+
+def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, data_root=None, teacher=None,
+               kappa: float | None = None, backend: str | None = None,
+               dtype: torch.dtype | None = None, **phase: Any) -> RunCheck:
+    """EP vs BPTT, per parameter, on the network a training run has reached.
+
+    ``run``: a run folder (``eqkern train --out DIR``) or its ``checkpoint.pt``. ``batch``: how
+    many of the dataset's first training images. ``teacher``: a KD run's teacher (a path or a
+    network; default the run's ``teacher_path``). ``kappa``: the
+    learning-signal weight (default: the κ of the run's last epoch; 0 compares plain EP).
+    ``dtype``: the arithmetic (default the weights' own; float64 tells rounding apart from the
+    estimate's bias). ``phase``: ``beta``, ``t_free``, ``t_nudge``, ``tol`` (None: fixed T), ``estimator`` in place
+    of the run's.
+    """
+    ck = checkpoint.load(_checkpoint_path(run), required=("config", "model", "history"))
+    cfg = _run_config(json.loads(ck["config"]), run)
+    unknown = set(phase) - {"beta", "t_free", "t_nudge", "tol", "estimator"}
+    if unknown:
+        raise ArgumentError(f"gdu_of_run got {sorted(unknown)}; it takes beta, t_free, t_nudge, "
+                            f"tol and estimator in place of the run's")
+    cfg = dataclasses.replace(cfg, **phase)
+    if cfg.augment in (None, "none"):
+        kappa = 0.0  # the κ schedule a run logs has nothing to weigh without learning signals
+    elif kappa is None:
+        kappa = float(ck["history"][-1]["kappa"]) if ck["history"] else float(cfg.kappa)
+    data = load_dataset(cfg.dataset, data_root, limit_train=batch, limit_test=1)
+    model = build_model(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(ck["model"])
+    model.kappa = kappa
+    x, y = data.x_train[:batch], data.y_train[:batch].long()
+    targets = y
+    if cfg.augment in ("kd", "kdw"):  # its losses read the teacher's features even at κ = 0
+        targets_of = teacher_targets(cfg, model, resolve_teacher(cfg, teacher, x.device))
+        targets = targets_of(x, y)
+    if dtype is not None:
+        model, x = model.to(dtype), x.to(dtype)
+        if isinstance(targets, Targets):
+            targets = Targets(targets.labels, [f.to(dtype) for f in targets.features])
+    rows = check_gdu(model, x, targets, beta=cfg.beta, t_free=cfg.t_free, t_nudge=cfg.t_nudge,
+                     estimator=cfg.estimator, backend=backend, tol=cfg.tol,
+                     check_every=cfg.check_every, solver=cfg.solver)
+    epoch = int(ck["history"][-1]["epoch"]) if ck["history"] else 0
+    return RunCheck(rows, cfg.name, epoch, kappa, cfg.beta, cfg.t_free, cfg.t_nudge, cfg.tol,
+                    len(y), str(x.dtype).removeprefix("torch."))

@@ -1,0 +1,73 @@
+"""``eqkern gdu --run``: the GDU check of a training run's network at its checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eqkern.cli import main
+from eqkern.data.datasets import load_dataset
+from eqkern.errors import ArgumentError
+from eqkern.learning.gdu import check_gdu
+from eqkern.tools.run_gdu import gdu_of_run
+from eqkern.training.train_preset import train_vgg
+
+RUN = dict(train_size=32, test_size=16, epochs=1, batch_size=16, t_free=12, t_nudge=4,
+           backend="torch", progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    res = train_vgg("demo-mnist", out_dir=out, **RUN)
+    return out, res
+
+
+def test_the_run_s_network_and_settings_are_checked(run):
+    out, res = run
+    check = gdu_of_run(out, batch=4)
+    # Independently: the network train_vgg returned, on the same images, at the run's settings.
+    data = load_dataset("mnist_subset", limit_train=4, limit_test=1)
+    want = check_gdu(res.model, data.x_train[:4], data.y_train[:4].long(), beta=res.preset.beta,
+                     t_free=12, t_nudge=4, backend="torch", tol=res.preset.tol)
+    got = {r["name"]: r for r in check.rows}
+    for w in want:
+        print(w["name"], got[w["name"]]["cosine"], w["cosine"])
+        assert got[w["name"]]["ep_norm"] == pytest.approx(w["ep_norm"], rel=1e-4)  # fp32, another order of summation
+        assert got[w["name"]]["bptt_norm"] == pytest.approx(w["bptt_norm"], rel=1e-4)  # fp32, another order of summation
+    assert (check.preset, check.epoch, check.t_free, check.t_nudge, check.batch) == (
+        "demo-mnist", 1, 12, 4, 4)
+    assert check.beta == res.preset.beta and "demo-mnist" in check.header()
+
+
+def test_small_beta_at_fixed_t_agrees_with_bptt(run):
+    """EP's theorem on the trained network: a small β and a settled free phase give BPTT's
+    gradient (fp32, so a looser bound than the fp64 tests of learning/)."""
+    out, _ = run
+    check = gdu_of_run(out / "checkpoint.pt", batch=8, beta=1e-2, t_free=60, t_nudge=20, tol=None)
+    for r in check.rows:
+        print(r)
+        assert r["cosine"] == r["cosine"] and r["cosine"] > 0.99, r
+    assert check.tol is None and "fixed T" in check.header()
+
+
+def test_bad_runs_and_options_are_refused(run, tmp_path, capsys):
+    out, _ = run
+    with pytest.raises(ArgumentError, match="no checkpoint there"):
+        gdu_of_run(tmp_path)
+    with pytest.raises(ArgumentError, match="takes beta, t_free"):
+        gdu_of_run(out, lr=0.1)
+    assert main(["gdu", "--kappa", "0"]) == 2
+    assert "--kappa applies to a training run's network: add --run" in capsys.readouterr().err
+    assert main(["gdu", "--run", str(out), "--dataset", "cifar10"]) == 2
+    assert "drop --dataset" in capsys.readouterr().err
+
+
+def test_cli_prints_the_run_s_table(run, capsys):
+    out, _ = run
+    assert main(["gdu", "--run", str(out), "--batch", "4", "--tol", "none", "--kappa", "0"]) == 0
+    text = capsys.readouterr().out
+    print(text)
+    assert "GDU check of demo-mnist at its checkpoint (after epoch 1)" in text
+    assert "fixed T" in text and "connections.0.weight" in text
