@@ -147,8 +147,8 @@ def cmd_gdu(args: argparse.Namespace) -> int:
                                 f"on its own dataset; drop --dataset")
         rows, header = _gdu_of_run(args)
     else:
-        given = [flag for flag, v in (("--teacher", args.teacher), ("--kappa", args.kappa))
-                 if v is not None] + (["--tol"] if args.tol is not ... else [])
+        given = [flag for flag, v in (("--teacher", args.teacher), ("--kappa", args.kappa),
+                                      ("--offset", args.offset or None)) if v is not None] + (["--tol"] if args.tol is not ... else [])
         if given:
             raise ArgumentError(f"{given[0]} applies to a training run's network: add --run DIR")
         rows, header = _gdu_of_demo_net(args)
@@ -187,7 +187,7 @@ def _gdu_of_run(args: argparse.Namespace) -> tuple[list[dict], str]:
              if getattr(args, k) is not None}
     if args.tol is not ...:
         phase["tol"] = args.tol
-    check = gdu_of_run(args.run, batch=16 if args.batch is None else args.batch,
+    check = gdu_of_run(args.run, batch=16 if args.batch is None else args.batch, offset=args.offset,
                        data_root=args.data_root, teacher=args.teacher, kappa=args.kappa,
                        backend=args.backend, dtype=DTYPES.get(args.dtype), **phase)
     return check.rows, check.header()
@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check a training run's network at its checkpoint (DIR of eqkern train "
                           "--out, or its checkpoint.pt) with the run's dataset, beta, T, K and "
                           "stop; without it: a fresh demo network")
+    gdu.add_argument("--offset", type=AT_LEAST_0, default=0,
+                     help="with --run: the batch starts at this training image (default 0)")
     gdu.add_argument("--teacher", default=None,
                      help="with --run of a KD run: its teacher (default the run's teacher_path)")
     gdu.add_argument("--kappa", type=AT_LEAST_0_FLOAT, default=None,

@@ -2,8 +2,8 @@
 
 ``eqkern gdu --run DIR`` asks, of a run that does not learn, whether EP's update still follows
 the gradient (the estimate is wrong) or the gradient itself is small (the network or its
-signal is). It rebuilds the run's network from its checkpoint, takes the first training
-images of its dataset (not augmented) and runs :func:`eqkern.learning.gdu.check_gdu` with the
+signal is). It rebuilds the run's network from its checkpoint, takes training images of its
+dataset (not augmented) and runs :func:`eqkern.learning.gdu.check_gdu` with the
 run's β, T, K, estimator and stop, at the κ the run last trained with.
 """
 
@@ -41,6 +41,7 @@ class RunCheck:
     t_nudge: int
     tol: float | None
     batch: int
+    offset: int
     dtype: str
 
     def header(self) -> str:
@@ -48,7 +49,7 @@ class RunCheck:
         return (f"GDU check of {self.preset} at its checkpoint (after epoch {self.epoch}): EP "
                 f"(beta={self.beta:g}, T_free={self.t_free}, K={self.t_nudge}, {stop}, "
                 f"kappa={self.kappa:g}) vs BPTT over the last K of T_free plain steps, "
-                f"first {self.batch} training images, {self.dtype}")
+                f"training images {self.offset}-{self.offset + self.batch - 1}, {self.dtype}")
 
 
 def _checkpoint_path(run: str | os.PathLike) -> Path:
@@ -75,13 +76,14 @@ def _run_config(saved: dict, run) -> Preset:
     return get_preset(base.name, **changed)
 
 
-def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, data_root=None, teacher=None,
+def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data_root=None,
+               teacher=None,
                kappa: float | None = None, backend: str | None = None,
                dtype: torch.dtype | None = None, **phase: Any) -> RunCheck:
     """EP vs BPTT, per parameter, on the network a training run has reached.
 
     ``run``: a run folder (``eqkern train --out DIR``) or its ``checkpoint.pt``. ``batch``: how
-    many of the dataset's first training images. ``teacher``: a KD run's teacher (a path or a
+    many training images, from number ``offset`` on (one image at a time finds the outliers). ``teacher``: a KD run's teacher (a path or a
     network; default the run's ``teacher_path``). ``kappa``: the
     learning-signal weight (default: the κ of the run's last epoch; 0 compares plain EP).
     ``dtype``: the arithmetic (default the weights' own; float64 tells rounding apart from the
@@ -99,11 +101,15 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, data_root=None, teach
         kappa = 0.0  # the κ schedule a run logs has nothing to weigh without learning signals
     elif kappa is None:
         kappa = float(ck["history"][-1]["kappa"]) if ck["history"] else float(cfg.kappa)
-    data = load_dataset(cfg.dataset, data_root, limit_train=batch, limit_test=1)
+    data = load_dataset(cfg.dataset, data_root, limit_train=offset + batch, limit_test=1)
+    have = min(len(data.y_train), cfg.train_size or len(data.y_train))
+    if have < offset + batch:
+        raise ArgumentError(f"offset={offset} + batch={batch} (--offset, --batch): the run trained on "
+                            f"{have} images of {cfg.dataset}")
     model = build_model(cfg, data.input_shape, data.num_classes)
     model.load_state_dict(ck["model"])
     model.kappa = kappa
-    x, y = data.x_train[:batch], data.y_train[:batch].long()
+    x, y = data.x_train[offset:offset + batch], data.y_train[offset:offset + batch].long()
     targets = y
     if cfg.augment in ("kd", "kdw"):  # its losses read the teacher's features even at κ = 0
         targets_of = teacher_targets(cfg, model, resolve_teacher(cfg, teacher, x.device))
@@ -117,4 +123,4 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, data_root=None, teach
                      check_every=cfg.check_every, solver=cfg.solver)
     epoch = int(ck["history"][-1]["epoch"]) if ck["history"] else 0
     return RunCheck(rows, cfg.name, epoch, kappa, cfg.beta, cfg.t_free, cfg.t_nudge, cfg.tol,
-                    len(y), str(x.dtype).removeprefix("torch."))
+                    len(y), offset, str(x.dtype).removeprefix("torch."))

@@ -38,6 +38,12 @@ def test_the_run_s_network_and_settings_are_checked(run):
         assert got[w["name"]]["bptt_norm"] == pytest.approx(w["bptt_norm"], rel=1e-4)  # fp32, another order of summation
     assert (check.preset, check.epoch, check.t_free, check.t_nudge, check.batch) == (
         "demo-mnist", 1, 12, 4, 4)
+    # One image further on is the batch's own row: the offset picks images, nothing else.
+    one = gdu_of_run(out, batch=1, offset=3, tol=None)
+    alone = check_gdu(res.model, data.x_train[3:4], data.y_train[3:4].long(),
+                      beta=res.preset.beta, t_free=12, t_nudge=4, backend="torch")
+    assert one.rows[0]["ep_norm"] == pytest.approx(alone[0]["ep_norm"], rel=1e-4)
+    assert "training images 3-3" in one.header()
     assert check.beta == res.preset.beta and "demo-mnist" in check.header()
 
 
@@ -56,6 +62,8 @@ def test_bad_runs_and_options_are_refused(run, tmp_path, capsys):
     out, _ = run
     with pytest.raises(ArgumentError, match="no checkpoint there"):
         gdu_of_run(tmp_path)
+    with pytest.raises(ArgumentError, match="offset=99 .* the run trained on 32 images"):
+        gdu_of_run(out, offset=99, batch=4)
     with pytest.raises(ArgumentError, match="takes beta, t_free"):
         gdu_of_run(out, lr=0.1)
     assert main(["gdu", "--kappa", "0"]) == 2
