@@ -145,10 +145,13 @@ def cmd_gdu(args: argparse.Namespace) -> int:
         if args.dataset != "mnist_subset":
             raise ArgumentError(f"--dataset {args.dataset} was given with --run: a run is checked "
                                 f"on its own dataset; drop --dataset")
+        if args.unsettled is not None:
+            return _unsettled(args)
         rows, header = _gdu_of_run(args)
     else:
         given = [flag for flag, v in (("--teacher", args.teacher), ("--kappa", args.kappa),
-                                      ("--offset", args.offset or None)) if v is not None] + (["--tol"] if args.tol is not ... else [])
+                                      ("--offset", args.offset or None),
+                                      ("--unsettled", args.unsettled)) if v is not None] + (["--tol"] if args.tol is not ... else [])
         if given:
             raise ArgumentError(f"{given[0]} applies to a training run's network: add --run DIR")
         rows, header = _gdu_of_demo_net(args)
@@ -180,6 +183,20 @@ def _gdu_of_demo_net(args: argparse.Namespace) -> tuple[list[dict], str]:
                   f"batch {batch}")
 
 
+def _unsettled(args: argparse.Namespace) -> int:
+    from eqkern.tools.run_gdu import unsettled_images
+
+    torch.manual_seed(args.seed)  # a run whose states start at random (state_init="uniform")
+    found = unsettled_images(args.run, images=args.unsettled, offset=args.offset,
+                             data_root=args.data_root, backend=args.backend)
+    last = args.offset + args.unsettled - 1
+    print(f"{len(found)} of training images {args.offset}-{last} move by more than 1e-3 in 100 "
+          f"steps after the run's T_free (their EP update is not the gradient's)")
+    for index, drift in found:
+        print(f"  image {index}: {drift:.2e}")
+    return 0
+
+
 def _gdu_of_run(args: argparse.Namespace) -> tuple[list[dict], str]:
     from eqkern.tools.run_gdu import gdu_of_run
 
@@ -187,6 +204,7 @@ def _gdu_of_run(args: argparse.Namespace) -> tuple[list[dict], str]:
              if getattr(args, k) is not None}
     if args.tol is not ...:
         phase["tol"] = args.tol
+    torch.manual_seed(args.seed)
     check = gdu_of_run(args.run, batch=16 if args.batch is None else args.batch, offset=args.offset,
                        data_root=args.data_root, teacher=args.teacher, kappa=args.kappa,
                        backend=args.backend, dtype=DTYPES.get(args.dtype), **phase)
@@ -339,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "stop; without it: a fresh demo network")
     gdu.add_argument("--offset", type=AT_LEAST_0, default=0,
                      help="with --run: the batch starts at this training image (default 0)")
+    gdu.add_argument("--unsettled", type=AT_LEAST_1, default=None, metavar="N",
+                     help="with --run: instead of the GDU table, list which of N training images "
+                          "(from --offset) have not settled after the run's T_free")
     gdu.add_argument("--teacher", default=None,
                      help="with --run of a KD run: its teacher (default the run's teacher_path)")
     gdu.add_argument("--kappa", type=AT_LEAST_0_FLOAT, default=None,

@@ -19,13 +19,14 @@ import torch
 
 from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
+from eqkern.dynamics.settle import settle
 from eqkern.learning.gdu import check_gdu
 from eqkern.model.auxiliary import Targets
 from eqkern.training import checkpoint
 from eqkern.training.build import build_model, resolve_teacher, teacher_targets
 from eqkern.training.presets import Preset, get_preset
 
-__all__ = ["RunCheck", "gdu_of_run"]
+__all__ = ["LoadedRun", "RunCheck", "gdu_of_run", "load_run", "unsettled_images"]
 
 
 @dataclasses.dataclass
@@ -76,31 +77,29 @@ def _run_config(saved: dict, run) -> Preset:
     return get_preset(base.name, **changed)
 
 
-def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data_root=None,
-               teacher=None,
-               kappa: float | None = None, backend: str | None = None,
-               dtype: torch.dtype | None = None, **phase: Any) -> RunCheck:
-    """EP vs BPTT, per parameter, on the network a training run has reached.
+@dataclasses.dataclass
+class LoadedRun:
+    """A run's network at its checkpoint and a slice of its training images (not augmented)."""
 
-    ``run``: a run folder (``eqkern train --out DIR``) or its ``checkpoint.pt``. ``batch``: how
-    many training images, from number ``offset`` on (one image at a time finds the outliers). ``teacher``: a KD run's teacher (a path or a
-    network; default the run's ``teacher_path``). ``kappa``: the
-    learning-signal weight (default: the κ of the run's last epoch; 0 compares plain EP).
-    ``dtype``: the arithmetic (default the weights' own; float64 tells rounding apart from the
-    estimate's bias). ``phase``: ``beta``, ``t_free``, ``t_nudge``, ``tol`` (None: fixed T), ``estimator`` in place
-    of the run's.
-    """
+    preset: Preset
+    model: Any
+    history: list
+    x: Any
+    y: Any
+
+
+def load_run(run: str | os.PathLike, *, batch: int, offset: int = 0, data_root=None,
+             **phase: Any) -> LoadedRun:
+    """The network of ``run`` (a folder of ``eqkern train --out DIR`` or its checkpoint.pt) with
+    its training images ``offset .. offset + batch - 1``; ``phase`` (``beta``, ``t_free``,
+    ``t_nudge``, ``tol``, ``estimator``) replaces the run's."""
     ck = checkpoint.load(_checkpoint_path(run), required=("config", "model", "history"))
     cfg = _run_config(json.loads(ck["config"]), run)
     unknown = set(phase) - {"beta", "t_free", "t_nudge", "tol", "estimator"}
     if unknown:
-        raise ArgumentError(f"gdu_of_run got {sorted(unknown)}; it takes beta, t_free, t_nudge, "
+        raise ArgumentError(f"got {sorted(unknown)}; a run's check takes beta, t_free, t_nudge, "
                             f"tol and estimator in place of the run's")
     cfg = dataclasses.replace(cfg, **phase)
-    if cfg.augment in (None, "none"):
-        kappa = 0.0  # the κ schedule a run logs has nothing to weigh without learning signals
-    elif kappa is None:
-        kappa = float(ck["history"][-1]["kappa"]) if ck["history"] else float(cfg.kappa)
     data = load_dataset(cfg.dataset, data_root, limit_train=offset + batch, limit_test=1)
     have = min(len(data.y_train), cfg.train_size or len(data.y_train))
     if have < offset + batch:
@@ -108,8 +107,30 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data
                             f"{have} images of {cfg.dataset}")
     model = build_model(cfg, data.input_shape, data.num_classes)
     model.load_state_dict(ck["model"])
+    return LoadedRun(cfg, model, ck["history"], data.x_train[offset:offset + batch],
+                     data.y_train[offset:offset + batch].long())
+
+
+def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data_root=None,
+               teacher=None, kappa: float | None = None, backend: str | None = None,
+               dtype: torch.dtype | None = None, **phase: Any) -> RunCheck:
+    """EP vs BPTT, per parameter, on the network a training run has reached.
+
+    ``run``: a run folder (``eqkern train --out DIR``) or its ``checkpoint.pt``. ``batch``: how
+    many training images, from number ``offset`` on (one image at a time finds the outliers).
+    ``teacher``: a KD run's teacher (a path or a network; default the run's ``teacher_path``).
+    ``kappa``: the learning-signal weight (default: the κ of the run's last epoch; 0 compares
+    plain EP). ``dtype``: the arithmetic (default the weights' own; float64 tells rounding apart
+    from the estimate's bias). ``phase``: ``beta``, ``t_free``, ``t_nudge``, ``tol`` (None: fixed
+    T), ``estimator`` in place of the run's.
+    """
+    loaded = load_run(run, batch=batch, offset=offset, data_root=data_root, **phase)
+    cfg, model, history, x, y = (loaded.preset, loaded.model, loaded.history, loaded.x, loaded.y)
+    if cfg.augment in (None, "none"):
+        kappa = 0.0  # the κ schedule a run logs has nothing to weigh without learning signals
+    elif kappa is None:
+        kappa = float(history[-1]["kappa"]) if history else float(cfg.kappa)
     model.kappa = kappa
-    x, y = data.x_train[offset:offset + batch], data.y_train[offset:offset + batch].long()
     targets = y
     if cfg.augment in ("kd", "kdw"):  # its losses read the teacher's features even at κ = 0
         targets_of = teacher_targets(cfg, model, resolve_teacher(cfg, teacher, x.device))
@@ -121,6 +142,23 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data
     rows = check_gdu(model, x, targets, beta=cfg.beta, t_free=cfg.t_free, t_nudge=cfg.t_nudge,
                      estimator=cfg.estimator, backend=backend, tol=cfg.tol,
                      check_every=cfg.check_every, solver=cfg.solver)
-    epoch = int(ck["history"][-1]["epoch"]) if ck["history"] else 0
+    epoch = int(history[-1]["epoch"]) if history else 0
     return RunCheck(rows, cfg.name, epoch, kappa, cfg.beta, cfg.t_free, cfg.t_nudge, cfg.tol,
                     len(y), offset, str(x.dtype).removeprefix("torch."))
+
+
+def unsettled_images(run: str | os.PathLike, *, images: int = 128, offset: int = 0,
+                     extra_steps: int = 100, threshold: float = 1e-3, data_root=None,
+                     backend: str | None = None) -> list[tuple[int, float]]:
+    """The training images whose free phase has not settled after the run's ``T_free`` plain
+    steps: ``(index, drift)`` for each image that ``extra_steps`` more steps move by more than
+    ``threshold`` (drift: the largest change of any state). Such an image's EP update is
+    meaningless; a few per batch can dominate it."""
+    loaded = load_run(run, batch=images, offset=offset, data_root=data_root)
+    model, x = loaded.model, loaded.x
+    with torch.no_grad():
+        end = settle(model, x, model.init_state(len(x), like=x), 0.0, loaded.preset.t_free,
+                     backend=backend)
+        later = settle(model, x, [s.clone() for s in end], 0.0, extra_steps, backend=backend)
+        drift = torch.stack([(a - b).flatten(1).abs().amax(1) for a, b in zip(later, end)]).amax(0)
+    return [(offset + i, float(d)) for i, d in enumerate(drift.tolist()) if d > threshold]

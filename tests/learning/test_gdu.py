@@ -91,3 +91,23 @@ def test_gdu_leaves_model_grads_alone():
     model, x, y = gdu_model()
     check_gdu(model, x, y, beta=1e-3, t_free=5, t_nudge=2, backend="torch")
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_ep_and_bptt_start_from_the_same_random_state(monkeypatch):
+    """With state_init="uniform" both methods must settle from one draw, not two."""
+    model, x, y = gdu_model()
+    model.state_init = "uniform"
+    drawn = []
+    original = type(model).init_state
+
+    def recording(self, batch, *, like=None):
+        state = original(self, batch, like=like)
+        drawn.append([s.clone() for s in state])
+        return state
+
+    monkeypatch.setattr(type(model), "init_state", recording)
+    check_gdu(model, x, y, beta=1e-3, t_free=5, t_nudge=2, backend="torch")
+    assert len(drawn) == 2, len(drawn)
+    diffs = [(a - b).abs().max().item() for a, b in zip(*drawn)]
+    print("EP's vs BPTT's initial state, max |difference| per layer:", diffs)
+    assert max(diffs) == 0.0 and drawn[0][0].abs().sum() > 0

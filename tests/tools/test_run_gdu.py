@@ -9,7 +9,8 @@ from eqkern.cli import main
 from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
 from eqkern.learning.gdu import check_gdu
-from eqkern.tools.run_gdu import gdu_of_run
+from eqkern.dynamics.settle import free_phase
+from eqkern.tools.run_gdu import gdu_of_run, unsettled_images
 from eqkern.training.train_preset import train_vgg
 
 RUN = dict(train_size=32, test_size=16, epochs=1, batch_size=16, t_free=12, t_nudge=4,
@@ -79,3 +80,22 @@ def test_cli_prints_the_run_s_table(run, capsys):
     print(text)
     assert "GDU check of demo-mnist at its checkpoint (after epoch 1)" in text
     assert "fixed T" in text and "connections.0.weight" in text
+
+
+def test_unsettled_images_are_those_that_still_move(run, capsys):
+    """Independently: the free phase after T_free and after T_free + 100 steps, per image."""
+    out, res = run
+    data = load_dataset("mnist_subset", limit_train=8, limit_test=1)
+    x = data.x_train[:8]
+    with torch.no_grad():
+        a = free_phase(res.model, x, 12, backend="torch")
+        b = free_phase(res.model, x, 112, backend="torch")
+    drift = torch.stack([(u - v).flatten(1).abs().amax(1) for u, v in zip(a, b)]).amax(0)
+    found = dict(unsettled_images(out, images=8, threshold=0.0, backend="torch"))
+    print(drift, found)
+    assert sorted(found) == [i for i in range(8) if drift[i] > 0]
+    for i, d in found.items():
+        assert d == pytest.approx(drift[i].item(), rel=1e-4, abs=1e-6)
+    assert unsettled_images(out, images=8, threshold=float(drift.max()) + 1.0) == []
+    assert main(["gdu", "--run", str(out), "--unsettled", "4", "--offset", "2"]) == 0
+    assert "of training images 2-5 move by more than 1e-3" in capsys.readouterr().out
