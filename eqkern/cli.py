@@ -149,9 +149,10 @@ def cmd_gdu(args: argparse.Namespace) -> int:
             return _unsettled(args)
         rows, header = _gdu_of_run(args)
     else:
-        given = [flag for flag, v in (("--teacher", args.teacher), ("--kappa", args.kappa),
-                                      ("--offset", args.offset or None),
-                                      ("--unsettled", args.unsettled)) if v is not None] + (["--tol"] if args.tol is not ... else [])
+        run_only = {"--teacher": args.teacher is not None, "--kappa": args.kappa is not None,
+                    "--offset": args.offset != 0, "--unsettled": args.unsettled is not None,
+                    "--tol": args.tol is not ...}
+        given = [flag for flag, is_set in run_only.items() if is_set]
         if given:
             raise ArgumentError(f"{given[0]} applies to a training run's network: add --run DIR")
         rows, header = _gdu_of_demo_net(args)
@@ -170,7 +171,7 @@ def _gdu_of_demo_net(args: argparse.Namespace) -> tuple[list[dict], str]:
 
     beta, t_free, t_nudge = (GDU_DEMO[k] if getattr(args, k) is None else getattr(args, k)
                              for k in ("beta", "t_free", "t_nudge"))
-    batch = 16 if args.batch is None else args.batch
+    batch = args.batch
     dtype = DTYPES[args.dtype or "float64"]
     data = load_dataset(args.dataset, args.data_root, limit_train=batch, limit_test=1)
     torch.manual_seed(args.seed)
@@ -205,7 +206,7 @@ def _gdu_of_run(args: argparse.Namespace) -> tuple[list[dict], str]:
     if args.tol is not ...:
         phase["tol"] = args.tol
     torch.manual_seed(args.seed)
-    check = gdu_of_run(args.run, batch=16 if args.batch is None else args.batch, offset=args.offset,
+    check = gdu_of_run(args.run, batch=args.batch, offset=args.offset,
                        data_root=args.data_root, teacher=args.teacher, kappa=args.kappa,
                        backend=args.backend, dtype=DTYPES.get(args.dtype), **phase)
     return check.rows, check.header()
@@ -370,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default the run's)")
     gdu.add_argument("--estimator", choices=["symmetric", "one_sided", "random_sign"],
                      default=None, help="EP gradient estimator (default symmetric / the run's)")
-    gdu.add_argument("--batch-size", "--batch", dest="batch", type=AT_LEAST_1, default=None,
+    gdu.add_argument("--batch-size", "--batch", dest="batch", type=AT_LEAST_1, default=16,
                      help="images in the batch (default 16)")
     gdu.add_argument("--beta", type=NONZERO, default=None,
                      help=f"nudging strength β (default {GDU_DEMO['beta']:g} / the run's)")

@@ -19,9 +19,10 @@ import torch
 
 from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
-from eqkern.dynamics.settle import settle
+from eqkern.dynamics.settle import free_phase, settle
 from eqkern.learning.gdu import check_gdu
 from eqkern.model.auxiliary import Targets
+from eqkern.model.crnn import CRNN
 from eqkern.training import checkpoint
 from eqkern.training.build import build_model, resolve_teacher, teacher_targets
 from eqkern.training.presets import Preset, get_preset
@@ -72,8 +73,8 @@ def _run_config(saved: dict, run) -> Preset:
         raise ArgumentError(f"run={str(run)!r} (--run): its architecture {saved.get('arch')} is not "
                             f"preset {base.name}'s {plain['arch']}; check it with the Python API "
                             f"(eqkern.learning.gdu.check_gdu on the rebuilt network)")
-    changed = {k: v for k, v in saved.items()
-               if k not in ("name", "source", "notes", "arch") and plain.get(k) != v}
+    changed = {k: saved[k] for k in checkpoint.changed_fields(plain, saved)
+               if k not in ("name", "source", "notes", "arch")}
     return get_preset(base.name, **changed)
 
 
@@ -82,10 +83,10 @@ class LoadedRun:
     """A run's network at its checkpoint and a slice of its training images (not augmented)."""
 
     preset: Preset
-    model: Any
-    history: list
-    x: Any
-    y: Any
+    model: CRNN
+    history: list[dict]
+    x: torch.Tensor  # (batch, channels, height, width)
+    y: torch.Tensor  # (batch,) class ids
 
 
 def load_run(run: str | os.PathLike, *, batch: int, offset: int = 0, data_root=None,
@@ -157,8 +158,7 @@ def unsettled_images(run: str | os.PathLike, *, images: int = 128, offset: int =
     loaded = load_run(run, batch=images, offset=offset, data_root=data_root)
     model, x = loaded.model, loaded.x
     with torch.no_grad():
-        end = settle(model, x, model.init_state(len(x), like=x), 0.0, loaded.preset.t_free,
-                     backend=backend)
+        end = free_phase(model, x, loaded.preset.t_free, backend=backend)
         later = settle(model, x, [s.clone() for s in end], 0.0, extra_steps, backend=backend)
         drift = torch.stack([(a - b).flatten(1).abs().amax(1) for a, b in zip(later, end)]).amax(0)
     return [(offset + i, float(d)) for i, d in enumerate(drift.tolist()) if d > threshold]
