@@ -46,8 +46,11 @@ def _row(label, cmd, history, epochs, paper) -> str:
     best = max(r["test_acc"] for r in history)
     per_epoch = sum(r["seconds"] for r in history) / len(history)
     steps = sum(r.get("settle_steps_per_batch", 0) for r in history) / len(history)
+    # mean and last: the convergence stop ends the first epochs' phases early (states near 0),
+    # so the last epoch's figures are the ones that tell the rest of a run's cost
     return (f"| {label} | `{cmd}` | {len(history)}/{epochs} | {last['test_acc']:.2f} % | "
-            f"{best:.2f} % | {last['train_acc']:.2f} % | {per_epoch:.0f} s | {steps:.0f} | {paper} |")
+            f"{best:.2f} % | {last['train_acc']:.2f} % | {per_epoch:.0f} s ({last['seconds']:.0f} s) | "
+            f"{steps:.0f} ({last.get('settle_steps_per_batch', 0):.0f}) | {paper} |")
 
 
 def write_report(args, study, jobs, epochs: int) -> None:
@@ -60,7 +63,8 @@ def write_report(args, study, jobs, epochs: int) -> None:
              f"`python bench/cifar_study.py report --study {name}`; the runs by `python "
              f"bench/cifar_study.py run --study {name}` (each row's command below). Test accuracy "
              f"on the subset's 2,000 test images; time per epoch: training + evaluation on this "
-             f"machine; settle steps: per batch, all phases (the convergence stop's, T and K the caps). "
+             f"machine; settle steps: per batch, all phases (the convergence stop's, T and K the caps); "
+             f"both the mean over the epochs run and, in brackets, the last epoch's. "
              f"Paper: the full-scale figure (full width, 50,000 images, published epochs).", "",
              "| method | command | epochs | test acc (last) | test acc (best) | train acc (last) "
              "| time / epoch | settle steps / batch | paper |",

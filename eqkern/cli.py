@@ -185,14 +185,15 @@ def _gdu_of_demo_net(args: argparse.Namespace) -> tuple[list[dict], str]:
 
 
 def _unsettled(args: argparse.Namespace) -> int:
-    from eqkern.tools.run_gdu import unsettled_images
+    from eqkern.tools.run_gdu import UNSETTLED_EXTRA_STEPS, UNSETTLED_THRESHOLD, unsettled_images
 
     torch.manual_seed(args.seed)  # a run whose states start at random (state_init="uniform")
     found = unsettled_images(args.run, images=args.unsettled, offset=args.offset,
                              data_root=args.data_root, backend=args.backend)
     last = args.offset + args.unsettled - 1
-    print(f"{len(found)} of training images {args.offset}-{last} move by more than 1e-3 in 100 "
-          f"steps after the run's T_free (their EP update is not the gradient's)")
+    print(f"{len(found)} of training images {args.offset}-{last} move by more than "
+          f"{UNSETTLED_THRESHOLD:g} in {UNSETTLED_EXTRA_STEPS} steps after the run's T_free (their "
+          f"EP update is not the gradient's)")
     for index, drift in found:
         print(f"  image {index}: {drift:.2e}")
     return 0

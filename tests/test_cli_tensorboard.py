@@ -76,7 +76,7 @@ def test_demo_writes_an_event_file(tmp_path, capsys):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     print(sorted(tags))
-    assert {"accuracy/train", "accuracy/test", "loss/train", "loss/test", "kappa",
+    assert {"accuracy/train", "accuracy/test", "loss/train", "loss/test",
             "settle_steps/per_batch", "lr/group0", "state_abs/layer0", "update_abs/layer0",
             "time/epoch", "batch/loss", "batch/accuracy"} <= tags
     assert [e.step for e in acc.Scalars("accuracy/test")] == [1]

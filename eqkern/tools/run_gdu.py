@@ -27,7 +27,8 @@ from eqkern.training import checkpoint
 from eqkern.training.build import build_model, resolve_teacher, teacher_targets
 from eqkern.training.presets import Preset, get_preset
 
-__all__ = ["LoadedRun", "RunCheck", "gdu_of_run", "load_run", "unsettled_images"]
+__all__ = ["LoadedRun", "RunCheck", "UNSETTLED_EXTRA_STEPS", "UNSETTLED_THRESHOLD", "gdu_of_run",
+           "load_run", "unsettled_images"]
 
 
 @dataclasses.dataclass
@@ -148,8 +149,13 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data
                     len(y), offset, str(x.dtype).removeprefix("torch."))
 
 
+UNSETTLED_EXTRA_STEPS = 100  # unsettled_images' defaults, named for the CLI's report
+UNSETTLED_THRESHOLD = 1e-3
+
+
 def unsettled_images(run: str | os.PathLike, *, images: int = 128, offset: int = 0,
-                     extra_steps: int = 100, threshold: float = 1e-3, data_root=None,
+                     extra_steps: int = UNSETTLED_EXTRA_STEPS,
+                     threshold: float = UNSETTLED_THRESHOLD, data_root=None,
                      backend: str | None = None) -> list[tuple[int, float]]:
     """The training images whose free phase has not settled after the run's ``T_free`` plain
     steps: ``(index, drift)`` for each image that ``extra_steps`` more steps move by more than

@@ -104,8 +104,9 @@ def resolve_teacher(cfg: Preset, teacher, device) -> Any:
     if teacher is None:
         raise ArgumentError(f"preset {cfg.name} distils from a {cfg.teacher_arch} teacher: train one "
                             f"with eqkern.train_teacher(arch={cfg.teacher_arch!r}, width={cfg.width:g}, "
-                            f"out=PATH) (CLI: eqkern teacher) and pass teacher=PATH or "
-                            f"teacher_path=PATH")
+                            f"out=PATH) and pass teacher=PATH or teacher_path=PATH (CLI: eqkern "
+                            f"teacher --arch {cfg.teacher_arch} --width {cfg.width:g} --out PATH, then "
+                            f"eqkern train --teacher PATH)")
     if isinstance(teacher, (str, os.PathLike)):
         teacher = load_teacher(teacher, map_location=device)
     return teacher.to(device).eval()

@@ -156,6 +156,10 @@ class _Run:
         self.opt, self.sched, self.kappa, self.out, self.log = opt, sched, kappa, out, log
         self.label, self.extra, self.ranks, self.cbs = (label + " " if label else ""), extra, ranks, cbs
         self.crnn = isinstance(model, CRNN)
+        # κ weighs the LE / KD signals of EP's and BPTT's energy: a net without them, or one
+        # trained feed-forward, has no κ to log.
+        self.uses_kappa = (self.crnn and model.augment is not None
+                           and getattr(cfg, "method", "ep") != "bp")
         self.history: list[dict] = []
         self.config = checkpoint.config_dict(cfg)
         self.fingerprint = {"data": source.fingerprint(),
@@ -366,8 +370,9 @@ class _Run:
                                "acc": 100.0 * correct / max(1, n),
                                "settle_steps": int(res.settle_steps),
                                "lr": [g["lr"] for g in self.opt.param_groups]}
-        if self.crnn:
+        if self.uses_kappa:
             rec["kappa"] = float(self.model.kappa)
+        if self.crnn:
             rec["state_abs"] = s_abs.tolist()
             rec["update_abs"] = u_abs.tolist()
         return rec
@@ -380,7 +385,7 @@ class _Run:
     def _record(self, epoch: int, acc: dict) -> dict:
         seen, nb, model = acc["seen"], acc["batches"], self.model
         rec: dict[str, Any] = {"epoch": epoch + 1}
-        if self.crnn:
+        if self.uses_kappa:
             rec["kappa"] = float(model.kappa)
         rec.update({
             "lr": [g["lr"] for g in self.opt.param_groups],
@@ -399,7 +404,7 @@ class _Run:
         test = "no test data" if rec["test_acc"] is None else f"test acc {rec['test_acc']:.2f} %"
         s = (f"{self.label}epoch {rec['epoch']}/{self.cfg.epochs}: train acc {rec['train_acc']:.2f} % "
              f"{test}")
-        if self.kappa is not None:
+        if self.uses_kappa:
             s += f" κ={rec['kappa']:.3g}"
         s += f" ({rec['seconds']:.1f} s"
         return s + (f", {rec['settle_steps']} settle steps)" if self.crnn else ")")

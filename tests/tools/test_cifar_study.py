@@ -34,8 +34,8 @@ def test_every_command_parses(study, capsys):
 def test_save_restore_and_report(tmp_path, capsys):
     runs, keep = tmp_path / "runs", tmp_path / "keep"
     folder = runs / "table1" / "ep-symmetric"
-    train_vgg("vgg5-ce-cifar10", data=fake_data(n=16), out_dir=folder, progress=False,
-              log=lambda s: None, **{**TINY, "epochs": 2})
+    hist = train_vgg("vgg5-ce-cifar10", data=fake_data(n=16), out_dir=folder, progress=False,
+                     log=lambda s: None, **{**TINY, "epochs": 2}).history
     common = ["--study", "table1", "--runs", str(runs), "--keep", str(keep)]
     assert cifar_study.main(["save", *common]) == 0
     assert sorted(p.name for p in (keep / "table1" / "ep-symmetric").iterdir()) == [
@@ -51,5 +51,7 @@ def test_save_restore_and_report(tmp_path, capsys):
     row = next(line for line in table.splitlines() if line.startswith("| EP, symmetric"))
     assert "| 2/30 |" in row and "eqkern train --preset vgg5-ce-cifar10" in row
     assert "--data-root" not in row
+    mean, last = (hist[0]["seconds"] + hist[1]["seconds"]) / 2, hist[1]["seconds"]
+    assert f"| {mean:.0f} s ({last:.0f} s) |" in row  # time per epoch: mean and last
     assert "| 0/30 |" in next(line for line in table.splitlines() if line.startswith("| BPTT"))
     assert png.stat().st_size > 10_000

@@ -98,4 +98,4 @@ def test_unsettled_images_are_those_that_still_move(run, capsys):
         assert d == pytest.approx(drift[i].item(), rel=1e-4, abs=1e-6)
     assert unsettled_images(out, images=8, threshold=float(drift.max()) + 1.0) == []
     assert main(["gdu", "--run", str(out), "--unsettled", "4", "--offset", "2"]) == 0
-    assert "of training images 2-5 move by more than 1e-3" in capsys.readouterr().out
+    assert "of training images 2-5 move by more than 0.001 in 100 steps" in capsys.readouterr().out

@@ -311,11 +311,11 @@ def test_a_broken_tensorboard_install_says_why(tmp_path, monkeypatch):
 # --- end to end: the engine calls them -------------------------------------------------------
 
 # what the records have at least (the engine may add more)
-BATCH_KEYS = {"epoch", "batch", "step", "examples", "loss", "acc", "settle_steps", "lr", "kappa",
+BATCH_KEYS = {"epoch", "batch", "step", "examples", "loss", "acc", "settle_steps", "lr",
               "state_abs", "update_abs"}
 EPOCH_KEYS = {"epoch", "lr", "train_acc", "train_loss", "train_seconds", "settle_steps",
               "settle_steps_per_batch", "test_acc", "test_loss", "eval_seconds", "seconds",
-              "kappa", "state_abs", "update_abs"}
+              "state_abs", "update_abs"}
 
 
 def test_train_calls_the_callbacks(tmp_path):
@@ -346,10 +346,13 @@ def test_train_calls_the_callbacks(tmp_path):
         assert all(isinstance(v, float) for v in [r["loss"], r["acc"], *r["state_abs"]])
     epochs = [r for _, hook, r in rec.calls if hook == "epoch"]
     assert epochs == epochs_only == hist and EPOCH_KEYS <= set(hist[0])
+    # the demo net has no LE / KD signals: no κ weighs anything, so none is logged
+    assert not any("kappa" in r for r in batches + hist)
     assert [h for _, h, _ in rec.calls][-1] == "close"
 
     got = _scalars(tmp_path / "tb")
-    for tag in ("accuracy/train", "accuracy/test", "loss/train", "loss/test", "kappa",
+    assert "kappa" not in got
+    for tag in ("accuracy/train", "accuracy/test", "loss/train", "loss/test",
                 "settle_steps/per_batch", "lr/group0", "lr/group2", "state_abs/layer0",
                 "update_abs/layer2", "time/epoch"):
         assert [s for s, _ in got[tag]] == [1, 2], tag

@@ -37,7 +37,10 @@ def test_every_preset_runs_a_training_step(name):
     # the read-out always moves; lower layers only once the nudge has reached them
     assert rec["update_abs"][-1] > 0 and all(v >= 0 for v in rec["update_abs"])
     p = res.preset
-    assert rec["kappa"] == pytest.approx(p.kappa) and res.model.kappa == rec["kappa"]
+    if p.augment == "none":  # κ weighs LE / KD signals only: none to log without them
+        assert "kappa" not in rec
+    else:
+        assert rec["kappa"] == pytest.approx(p.kappa) and res.model.kappa == rec["kappa"]
 
 
 @pytest.mark.parametrize("method", ["bptt", "bp"])
@@ -60,12 +63,22 @@ def test_bptt_and_bp_train_the_same_network(method):
         assert rec["settle_steps"] == TINY["t_free"] * rec["batches"]
 
 
+def test_a_feed_forward_run_of_an_le_preset_logs_no_kappa():
+    """bp trains the feed-forward pass, which has no LE signals for κ to weigh."""
+    data, _ = _setup("vgg7-le-cifar10", n=16)
+    res = train_vgg("vgg7-le-cifar10", data=data, progress=False, log=lambda s: None,
+                    method="bp", **TINY)
+    print(sorted(res.history[0]))
+    assert "kappa" not in res.history[0] and res.history[0]["update_abs"][-1] > 0
+
+
 def test_any_torch_optimizer_and_missing_teacher():
     data, _ = _setup("vgg5-ce-cifar10")
     res = train_vgg("vgg5-ce-cifar10", data=data, optimizer=torch.optim.Adam, progress=False,
                     log=lambda s: None, **TINY)
     assert len(res.history) == 1 and res.history[0]["lr"][:2] == [0.25, 0.15]
-    with pytest.raises(ValueError, match="vgg19 teacher.*train_teacher"):
+    with pytest.raises(ValueError, match="vgg19 teacher.*train_teacher.*"
+                                         "eqkern teacher --arch vgg19 .*--teacher PATH"):
         train_vgg("vgg7-kd-cifar10", data=data, progress=False, **TINY)
 
 
