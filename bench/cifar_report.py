@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eqkern.training.curves import save_figure  # noqa: E402
 
-STYLES = ["-", "--", ":", "-."]
+# one per method of a study (the depth study has 6): a reader tells the methods apart by them
+STYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]
 
 
 def read_history(metrics: Path) -> list[dict]:
@@ -124,7 +125,7 @@ def _layer_panels(axes, histories: dict[str, list[dict]]) -> None:
         for key, ax in (("state_abs", axes[0]), ("update_abs", axes[1])):
             layers = max(layers, len(h[0][key]))
             for layer in range(len(h[0][key])):
-                ax.plot(ep, [r[key][layer] for r in h], style, color=f"C{layer}")
+                ax.plot(ep, [r[key][layer] for r in h], ls=style, color=f"C{layer}")
     axes[0].set_ylabel("mean |state| per layer")
     axes[1].set_ylabel("mean |update| per weight tensor (last: read-out)")
     axes[1].set_yscale("log")
