@@ -47,7 +47,7 @@ def check_gdu(
     """Compare EP's gradient estimate with BPTT's gradient, one row per parameter tensor.
 
     BPTT backpropagates through the last ``t_nudge`` of ``t_free`` free steps. Each row has
-    ``name``, ``cosine`` (similarity of the two), ``rel_error`` (``‖g_EP − g_BPTT‖ / ‖g_BPTT‖``)
+    ``name``, ``cosine`` (similarity of the two), ``rel_error`` (``‖g_EP − g_BPTT‖ / ‖g_BPTT‖``; inf where only BPTT's is zero)
     and both norms. The model's own ``.grad`` are left untouched. ``schedule``: of EP's phases
     and of the steps BPTT unrolls alike (``"synchronous"`` or ``"alternating"``). ``tol``,
     ``check_every``, ``solver``: how EP settles its phases (:func:`eqkern.ep_gradients`; ``t_free``
@@ -72,16 +72,22 @@ def check_gdu(
     work.zero_grad(set_to_none=True)
     bptt_gradients(work, x, y, t_free=t_free, truncate=t_nudge, schedule=schedule)
     bp = _grads(work)
-    rows = []
-    for name, g_ep, g_bp in zip(_param_names(model), ep, bp):
-        a, b = g_ep.flatten().double(), g_bp.flatten().double()
-        # Two zero gradients (a layer that is saturated for this batch) agree perfectly.
-        both_zero = a.norm() == 0 and b.norm() == 0
-        cosine = 1.0 if both_zero else torch.nn.functional.cosine_similarity(a, b, dim=0).item()
-        rel = ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-        rows.append({"name": name, "cosine": cosine, "rel_error": rel,
-                     "ep_norm": a.norm().item(), "bptt_norm": b.norm().item()})
-    return rows
+    return [compare_gradients(name, g_ep, g_bp)
+            for name, g_ep, g_bp in zip(_param_names(model), ep, bp)]
+
+
+def compare_gradients(name: str, g_ep: torch.Tensor, g_bptt: torch.Tensor) -> dict:
+    """One row of :func:`check_gdu`: two gradients of one parameter (any shape, the same)."""
+    a, b = g_ep.flatten().double(), g_bptt.flatten().double()
+    # Two zero gradients (a layer that is saturated for this batch) agree perfectly.
+    both_zero = a.norm() == 0 and b.norm() == 0
+    cosine = 1.0 if both_zero else torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    # Against a zero gradient (BPTT finds a dead layer) any EP update is infinitely wrong:
+    # inf, not a ratio to an epsilon that prints as 1e+295.
+    rel = (0.0 if both_zero else float("inf") if b.norm() == 0
+           else ((a - b).norm() / b.norm()).item())
+    return {"name": name, "cosine": cosine, "rel_error": rel,
+            "ep_norm": a.norm().item(), "bptt_norm": b.norm().item()}
 
 
 def format_gdu(rows: list[dict]) -> str:

@@ -250,6 +250,7 @@ def test_training_curves_show_the_settle_steps(tmp_path):
 def test_plot_gdu(tmp_path):
     table = [{"name": "connections.0.weight", "cosine": 0.999, "rel_error": 1e-3},
              {"name": "connections.0.bias", "cosine": 0.98, "rel_error": 0.2},
-             {"name": "out.weight", "cosine": -0.1, "rel_error": 0.0}]
+             {"name": "out.weight", "cosine": -0.1, "rel_error": 0.0},
+             {"name": "out.bias", "cosine": 0.0, "rel_error": float("inf")}]  # BPTT's is 0
     out = plots.plot_gdu(table, tmp_path / "sub" / "gdu.png")
     _assert_png(out)

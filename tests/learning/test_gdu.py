@@ -111,3 +111,20 @@ def test_ep_and_bptt_start_from_the_same_random_state(monkeypatch):
     diffs = [(a - b).abs().max().item() for a, b in zip(*drawn)]
     print("EP's vs BPTT's initial state, max |difference| per layer:", diffs)
     assert max(diffs) == 0.0 and drawn[0][0].abs().sum() > 0
+
+
+def test_compare_gradients_against_a_zero_gradient():
+    """BPTT's gradient of a dead layer is exactly 0: EP's nonzero update there is infinitely wrong
+    (it printed as 1e+295, a ratio to an epsilon), and two zero gradients agree."""
+    from math import inf
+
+    from eqkern.learning.gdu import compare_gradients, format_gdu
+
+    zero, g = torch.zeros(3, 2), torch.tensor([[1e-5, 0.0], [0.0, 0.0], [2e-5, 0.0]])
+    dead, both, half = (compare_gradients("w", g, zero), compare_gradients("b", zero, zero),
+                        compare_gradients("v", g, 2 * g))
+    print(format_gdu([dead, both, half]))
+    assert (dead["cosine"], dead["rel_error"]) == (0.0, inf) and dead["bptt_norm"] == 0.0
+    assert (both["cosine"], both["rel_error"]) == (1.0, 0.0)
+    assert half["cosine"] == pytest.approx(1.0) and half["rel_error"] == pytest.approx(0.5)
+    assert " inf " in format_gdu([dead])
