@@ -47,12 +47,12 @@ def check_gdu(
     """Compare EP's gradient estimate with BPTT's gradient, one row per parameter tensor.
 
     BPTT backpropagates through the last ``t_nudge`` of ``t_free`` free steps. Each row has
-    ``name``, ``cosine`` (similarity of the two), ``rel_error`` (``‖g_EP − g_BPTT‖ / ‖g_BPTT‖``; inf where only BPTT's is zero)
-    and both norms. The model's own ``.grad`` are left untouched. ``schedule``: of EP's phases
-    and of the steps BPTT unrolls alike (``"synchronous"`` or ``"alternating"``). ``tol``,
-    ``check_every``, ``solver``: how EP settles its phases (:func:`eqkern.ep_gradients`; ``t_free``
-    and ``t_nudge`` are then caps); BPTT always runs its ``t_free`` plain steps, so the rows say
-    how well a faster EP keeps to the same gradient.
+    ``name``, ``cosine`` (similarity of the two), ``rel_error`` (``‖g_EP − g_BPTT‖ / ‖g_BPTT‖``;
+    inf where only BPTT's is zero) and both norms. The model's own ``.grad`` are left untouched.
+    ``schedule``: of EP's phases and of the steps BPTT unrolls alike (``"synchronous"`` or
+    ``"alternating"``). ``tol``, ``check_every``, ``solver``: how EP settles its phases
+    (:func:`eqkern.ep_gradients`; ``t_free`` and ``t_nudge`` are then caps); BPTT always runs its
+    ``t_free`` plain steps, so the rows say how well a faster EP keeps to the same gradient.
     """
     # BPTT runs through the last t_nudge of the t_free steps: say so before EP has run at all.
     t_free = as_count("t_free", t_free, minimum=1)

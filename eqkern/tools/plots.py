@@ -26,9 +26,9 @@ def plot_gdu(table: Sequence[dict], path: str | os.PathLike, *,
     names = [str(r["name"]) for r in table]
     cos = [float(r["cosine"]) for r in table]
     # a log axis needs > 0; an infinite error (BPTT's gradient zero) is drawn at the top
-    finite = [float(r["rel_error"]) for r in table if math.isfinite(float(r["rel_error"]))]
-    top = max([1.0, *finite]) * 10
-    rel = [min(max(float(r["rel_error"]), 1e-12), top) for r in table]
+    rel = [float(r["rel_error"]) for r in table]
+    top = max([1.0, *(v for v in rel if math.isfinite(v))]) * 10
+    rel = [min(max(v, 1e-12), top) for v in rel]
     pos = list(range(len(names)))
     width = 0.4
     fig = Figure(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5), layout="constrained")

@@ -24,7 +24,7 @@ from eqkern.learning.gdu import check_gdu
 from eqkern.model.auxiliary import Targets
 from eqkern.model.crnn import CRNN
 from eqkern.training import checkpoint
-from eqkern.training.build import build_model, resolve_teacher, teacher_targets
+from eqkern.training.build import build_model, make_kappa_schedule, resolve_teacher, teacher_targets
 from eqkern.training.presets import Preset, get_preset
 
 __all__ = ["LoadedRun", "RunCheck", "UNSETTLED_EXTRA_STEPS", "UNSETTLED_THRESHOLD", "gdu_of_run",
@@ -129,9 +129,11 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data
     loaded = load_run(run, batch=batch, offset=offset, data_root=data_root, **phase)
     cfg, model, history, x, y = (loaded.preset, loaded.model, loaded.history, loaded.x, loaded.y)
     if cfg.augment in (None, "none"):
-        kappa = 0.0  # the κ schedule a run logs has nothing to weigh without learning signals
+        kappa = 0.0  # the run's κ schedule has nothing to weigh without learning signals
     elif kappa is None:
-        kappa = float(history[-1]["kappa"]) if history else float(cfg.kappa)
+        # The schedule's κ of the last epoch run, as training set it; from the schedule, not the
+        # log: a run that does not use κ (method=bp) logs none.
+        kappa = make_kappa_schedule(cfg)(max(len(history) - 1, 0))
     model.kappa = kappa
     targets = y
     if cfg.augment in ("kd", "kdw"):  # its losses read the teacher's features even at κ = 0

@@ -99,3 +99,17 @@ def test_unsettled_images_are_those_that_still_move(run, capsys):
     assert unsettled_images(out, images=8, threshold=float(drift.max()) + 1.0) == []
     assert main(["gdu", "--run", str(out), "--unsettled", "4", "--offset", "2"]) == 0
     assert "of training images 2-5 move by more than 0.001 in 100 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["ep", "bp"])
+def test_kappa_is_the_schedule_s_at_the_last_epoch(tmp_path, method):
+    """An LE run's κ by default: its cosine schedule's at the last epoch run, also for a bp run,
+    which logs no κ (it raised KeyError)."""
+    out = tmp_path / method
+    res = train_vgg("demo-mnist", out_dir=out, augment="le", augment_layers=(0,), kappa=0.5,
+                    kappa_schedule="cosine", method=method, **{**RUN, "epochs": 2})
+    check = gdu_of_run(out, batch=4)
+    print(method, [h.get("kappa") for h in res.history], check.kappa)
+    assert check.kappa == pytest.approx(0.25)  # 0.5 · (1 + cos(π · 1/2)) / 2
+    if method == "ep":
+        assert check.kappa == res.history[-1]["kappa"]
