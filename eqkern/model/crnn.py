@@ -217,6 +217,11 @@ class CRNN(nn.Module):
             return s_last
         return self.out(s_last.flatten(1))
 
+    @property
+    def weighs_kappa(self) -> bool:
+        """Whether ``kappa`` weighs anything: only LE / KD(W) learning signals read it."""
+        return self.augment is not None
+
     def aux_module(self, j: int) -> nn.Module | None:
         """The learned map of augmented layer number ``j`` (``B_j`` or ``M_j``), if any."""
         return self.aux[j] if len(self.aux) else None

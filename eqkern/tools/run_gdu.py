@@ -128,7 +128,7 @@ def gdu_of_run(run: str | os.PathLike, *, batch: int = 16, offset: int = 0, data
     """
     loaded = load_run(run, batch=batch, offset=offset, data_root=data_root, **phase)
     cfg, model, history, x, y = (loaded.preset, loaded.model, loaded.history, loaded.x, loaded.y)
-    if cfg.augment in (None, "none"):
+    if not model.weighs_kappa:
         kappa = 0.0  # the run's κ schedule has nothing to weigh without learning signals
     elif kappa is None:
         # The schedule's κ of the last epoch run, as training set it; from the schedule, not the

@@ -158,7 +158,7 @@ class _Run:
         self.crnn = isinstance(model, CRNN)
         # κ weighs the LE / KD signals of EP's and BPTT's energy: a net without them, or one
         # trained feed-forward, has no κ to log.
-        self.uses_kappa = (self.crnn and model.augment is not None
+        self.uses_kappa = (self.crnn and model.weighs_kappa
                            and getattr(cfg, "method", "ep") != "bp")
         self.history: list[dict] = []
         self.config = checkpoint.config_dict(cfg)

@@ -55,3 +55,24 @@ def test_kd_targets_are_checked():
         ep_gradients(model, x, bad, beta=0.5, t_free=2, t_nudge=2)
     with pytest.raises(ValueError, match="augment.layers must name"):
         CRNN((2, 11, 11), AUG_LAYERS, 5, augment=LocalError((3,)))
+
+
+@pytest.mark.parametrize("aug_id", ["le", "kd", "kdw", None])
+def test_weighs_kappa_says_whether_kappa_changes_the_update(aug_id):
+    """The engine logs κ, and the GDU check takes the run's κ, exactly where κ weighs something."""
+    if aug_id is None:
+        torch.manual_seed(0)
+        model = CRNN((2, 11, 11), AUG_LAYERS, 5).double()
+        x, y = torch.randn(4, 2, 11, 11, dtype=torch.float64), torch.arange(4) % 5
+    else:
+        model, x, y = build(aug_id, torch.float64, batch=4)
+    grads = []
+    for kappa in (0.0, 1.0):
+        model.kappa = kappa
+        model.zero_grad(set_to_none=True)
+        ep_gradients(model, x, y, beta=0.5, t_free=6, t_nudge=3, backend="torch")
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0 and all(g.isfinite().all() for g in grads[1])
+    change = max((a - b).abs().max().item() for a, b in zip(grads[0], grads[1]))
+    print(f"{aug_id}: weighs_kappa {model.weighs_kappa}, update change from κ 0 to 1: {change:.3e}")
+    assert model.weighs_kappa == (change > 0)
