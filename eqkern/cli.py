@@ -49,6 +49,7 @@ def _arg_type(parse: Callable[[str], Any], check: Callable[..., Any], **bounds):
 
 AT_LEAST_1 = _arg_type(int, as_int, minimum=1)
 AT_LEAST_0 = _arg_type(int, as_int, minimum=0)
+AT_LEAST_2 = _arg_type(int, as_int, minimum=2)
 POSITIVE = _arg_type(parse_number, as_float, minimum=0.0, exclusive_min=True)
 NONZERO = _arg_type(parse_number, as_float, nonzero=True)
 AT_LEAST_0_FLOAT = _arg_type(parse_number, as_float, minimum=0.0)
@@ -147,10 +148,13 @@ def cmd_gdu(args: argparse.Namespace) -> int:
                                 f"on its own dataset; drop --dataset")
         if args.unsettled is not None:
             return _unsettled(args)
+        if args.layers is not None:
+            return _layers(args)
         rows, header = _gdu_of_run(args)
     else:
         run_only = {"--teacher": args.teacher is not None, "--kappa": args.kappa is not None,
                     "--offset": args.offset != 0, "--unsettled": args.unsettled is not None,
+                    "--layers": args.layers is not None, "--at-init": args.at_init,
                     "--tol": args.tol is not ...}
         given = [flag for flag, is_set in run_only.items() if is_set]
         if given:
@@ -196,6 +200,22 @@ def _unsettled(args: argparse.Namespace) -> int:
           f"EP update is not the gradient's)")
     for index, drift in found:
         print(f"  image {index}: {drift:.2e}")
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from eqkern.tools.run_gdu import layer_profile
+
+    torch.manual_seed(args.seed)  # the fresh init of --at-init; random initial states
+    rows = layer_profile(args.run, images=args.layers, offset=args.offset, at_init=args.at_init,
+                         data_root=args.data_root, backend=args.backend)
+    where = "a fresh initialisation of the run's network" if args.at_init else "its checkpoint"
+    print(f"free-phase equilibrium per state layer at {where}, training images {args.offset}-"
+          f"{args.offset + args.layers - 1} (spread: std over the images, averaged over units)")
+    print("layer  mean |state|  at 0   at 1   spread")
+    for r in rows:
+        print(f"{r['layer']:>5}  {r['mean_abs']:12.3f}  {r['at_zero']:.2f}  {r['at_one']:5.2f}  "
+              f"{r['spread']:.4f}")
     return 0
 
 
@@ -362,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     gdu.add_argument("--unsettled", type=AT_LEAST_1, default=None, metavar="N",
                      help="with --run: instead of the GDU table, list which of N training images "
                           "(from --offset) have not settled after the run's T_free")
+    gdu.add_argument("--layers", type=AT_LEAST_2, default=None, metavar="N",
+                     help="with --run: instead of the GDU table, each state layer's free-phase "
+                          "equilibrium on N training images: mean |state|, fraction clamped at 0 "
+                          "and 1, spread over the images")
+    gdu.add_argument("--at-init", action="store_true",
+                     help="with --layers: at a fresh initialisation (--seed) of the run's network")
     gdu.add_argument("--teacher", default=None,
                      help="with --run of a KD run: its teacher (default the run's teacher_path)")
     gdu.add_argument("--kappa", type=AT_LEAST_0_FLOAT, default=None,

@@ -28,7 +28,7 @@ from eqkern.training.build import build_model, make_kappa_schedule, resolve_teac
 from eqkern.training.presets import Preset, get_preset
 
 __all__ = ["LoadedRun", "RunCheck", "UNSETTLED_EXTRA_STEPS", "UNSETTLED_THRESHOLD", "gdu_of_run",
-           "load_run", "unsettled_images"]
+           "layer_profile", "load_run", "unsettled_images"]
 
 
 @dataclasses.dataclass
@@ -170,3 +170,30 @@ def unsettled_images(run: str | os.PathLike, *, images: int = 128, offset: int =
         later = settle(model, x, [s.clone() for s in end], 0.0, extra_steps, backend=backend)
         drift = torch.stack([(a - b).flatten(1).abs().amax(1) for a, b in zip(later, end)]).amax(0)
     return [(offset + i, float(d)) for i, d in enumerate(drift.tolist()) if d > threshold]
+
+
+def layer_profile(run: str | os.PathLike, *, images: int = 64, offset: int = 0,
+                  at_init: bool = False, data_root=None,
+                  backend: str | None = None) -> list[dict[str, float]]:
+    """Per state layer, the free-phase equilibrium of ``images`` training images (from ``offset``)
+    at the run's checkpoint, or with ``at_init`` at a fresh initialisation of the run's network
+    (seeded by the caller's ``torch.manual_seed``). Each row: ``mean_abs`` (mean |state|),
+    ``at_zero`` / ``at_one`` (the fraction of units clamped at the activation's bounds 0 and 1,
+    where they pass no signal back) and ``spread`` (the state's standard deviation over the
+    images, averaged over units: near 0, the layer no longer depends on the input, so the layers
+    above cannot tell the images apart)."""
+    if images < 2:
+        raise ArgumentError(f"images={images} (--layers): the spread over images needs at least 2")
+    seeded = torch.get_rng_state()  # rebuilding the run's network draws from it too
+    loaded = load_run(run, batch=images, offset=offset, data_root=data_root)
+    model, x = loaded.model, loaded.x
+    if at_init:
+        torch.set_rng_state(seeded)
+        model = build_model(loaded.preset, tuple(x.shape[1:]), model.num_classes)
+    cfg = loaded.preset
+    with torch.no_grad():
+        state = free_phase(model, x, cfg.t_free, backend=backend, tol=cfg.tol,
+                           check_every=cfg.check_every, solver=cfg.solver)
+    return [{"layer": i + 1, "mean_abs": s.abs().mean().item(), "at_zero": (s <= 0).float().mean().item(),
+             "at_one": (s >= 1).float().mean().item(), "spread": s.std(0).mean().item()}
+            for i, s in enumerate(state)]

@@ -10,7 +10,8 @@ from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
 from eqkern.learning.gdu import check_gdu
 from eqkern.dynamics.settle import free_phase
-from eqkern.tools.run_gdu import gdu_of_run, unsettled_images
+from eqkern.tools.run_gdu import gdu_of_run, layer_profile, unsettled_images
+from eqkern.training.build import build_model
 from eqkern.training.train_preset import train_vgg
 
 RUN = dict(train_size=32, test_size=16, epochs=1, batch_size=16, t_free=12, t_nudge=4,
@@ -99,6 +100,45 @@ def test_unsettled_images_are_those_that_still_move(run, capsys):
     assert unsettled_images(out, images=8, threshold=float(drift.max()) + 1.0) == []
     assert main(["gdu", "--run", str(out), "--unsettled", "4", "--offset", "2"]) == 0
     assert "of training images 2-5 move by more than 0.001 in 100 steps" in capsys.readouterr().out
+
+
+def _profile_by_hand(state: list[torch.Tensor]) -> list[tuple[float, float, float, float]]:
+    rows = []
+    for s in state:
+        flat = s.double().flatten(1)  # (images, units)
+        centred = flat - flat.mean(0)
+        std = (centred.pow(2).sum(0) / (len(flat) - 1)).sqrt()
+        rows.append((flat.abs().mean().item(), (flat == 0).double().mean().item(),
+                     (flat == 1).double().mean().item(), std.mean().item()))
+    return rows
+
+
+def test_layer_profile_of_the_checkpoint_and_of_a_fresh_init(run, capsys):
+    """Independently: the free phase of the returned network (and of a fresh one from the same
+    seed) on the same images, its statistics computed in float64 by hand."""
+    out, res = run
+    data = load_dataset("mnist_subset", limit_train=10, limit_test=1)
+    x = data.x_train[2:10]
+    torch.manual_seed(5)
+    fresh = build_model(res.preset, tuple(x.shape[1:]), 10)
+    for model, at_init in ((res.model, False), (fresh, True)):
+        with torch.no_grad():
+            want = _profile_by_hand(free_phase(model, x, 12, backend="torch", tol=res.preset.tol))
+        torch.manual_seed(5)
+        got = layer_profile(out, images=8, offset=2, at_init=at_init, backend="torch")
+        print(at_init, want, got)
+        assert [r["layer"] for r in got] == list(range(1, len(want) + 1))
+        for r, w in zip(got, want):
+            assert all(v == v for v in r.values())
+            assert (r["mean_abs"], r["at_zero"], r["at_one"], r["spread"]) == pytest.approx(w, rel=1e-4, abs=1e-6)
+    assert got[0]["spread"] > 0
+    with pytest.raises(ArgumentError, match=r"images=1 \(--layers\)"):
+        layer_profile(out, images=1)
+    assert main(["gdu", "--run", str(out), "--layers", "4", "--at-init"]) == 0
+    text = capsys.readouterr().out
+    assert "at a fresh initialisation of the run's network, training images 0-3" in text
+    assert main(["gdu", "--at-init"]) == 2
+    assert "--at-init applies to a training run's network" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["ep", "bp"])
