@@ -212,9 +212,9 @@ def _layers(args: argparse.Namespace) -> int:
     where = "a fresh initialisation of the run's network" if args.at_init else "its checkpoint"
     print(f"free-phase equilibrium per state layer at {where}, training images {args.offset}-"
           f"{args.offset + args.layers - 1} (spread: std over the images, averaged over units)")
-    print("layer  mean |state|  at 0   at 1   spread")
+    print("layer  mean |state|  at low  at high  spread")
     for r in rows:
-        print(f"{r['layer']:>5}  {r['mean_abs']:12.3f}  {r['at_zero']:.2f}  {r['at_one']:5.2f}  "
+        print(f"{r['layer']:>5}  {r['mean_abs']:12.3f}  {r['at_low']:6.2f}  {r['at_high']:7.2f}  "
               f"{r['spread']:.4f}")
     return 0
 
@@ -384,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(from --offset) have not settled after the run's T_free")
     gdu.add_argument("--layers", type=AT_LEAST_2, default=None, metavar="N",
                      help="with --run: instead of the GDU table, each state layer's free-phase "
-                          "equilibrium on N training images: mean |state|, fraction clamped at 0 "
-                          "and 1, spread over the images")
+                          "equilibrium on N training images: mean |state|, fraction clamped at the "
+                          "bounds of its activation (0 and 1 for the hard sigmoid), spread over "
+                          "the images")
     gdu.add_argument("--at-init", action="store_true",
                      help="with --layers: at a fresh initialisation (--seed) of the run's network")
     gdu.add_argument("--teacher", default=None,

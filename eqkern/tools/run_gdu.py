@@ -21,6 +21,7 @@ from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
 from eqkern.dynamics.settle import free_phase, settle
 from eqkern.learning.gdu import check_gdu
+from eqkern.model.activations import ACTIVATION_RANGES
 from eqkern.model.auxiliary import Targets
 from eqkern.model.crnn import CRNN
 from eqkern.training import checkpoint
@@ -28,7 +29,7 @@ from eqkern.training.build import build_model, make_kappa_schedule, resolve_teac
 from eqkern.training.presets import Preset, get_preset
 
 __all__ = ["LoadedRun", "RunCheck", "UNSETTLED_EXTRA_STEPS", "UNSETTLED_THRESHOLD", "gdu_of_run",
-           "layer_profile", "load_run", "unsettled_images"]
+           "layer_profile", "load_run", "state_profile", "unsettled_images"]
 
 
 @dataclasses.dataclass
@@ -177,11 +178,7 @@ def layer_profile(run: str | os.PathLike, *, images: int = 64, offset: int = 0,
                   backend: str | None = None) -> list[dict[str, float]]:
     """Per state layer, the free-phase equilibrium of ``images`` training images (from ``offset``)
     at the run's checkpoint, or with ``at_init`` at a fresh initialisation of the run's network
-    (seeded by the caller's ``torch.manual_seed``). Each row: ``mean_abs`` (mean |state|),
-    ``at_zero`` / ``at_one`` (the fraction of units clamped at the activation's bounds 0 and 1,
-    where they pass no signal back) and ``spread`` (the state's standard deviation over the
-    images, averaged over units: near 0, the layer no longer depends on the input, so the layers
-    above cannot tell the images apart)."""
+    (seeded by the caller's ``torch.manual_seed``); the rows of :func:`state_profile`."""
     if images < 2:
         raise ArgumentError(f"images={images} (--layers): the spread over images needs at least 2")
     seeded = torch.get_rng_state()  # rebuilding the run's network draws from it too
@@ -194,6 +191,21 @@ def layer_profile(run: str | os.PathLike, *, images: int = 64, offset: int = 0,
     with torch.no_grad():
         state = free_phase(model, x, cfg.t_free, backend=backend, tol=cfg.tol,
                            check_every=cfg.check_every, solver=cfg.solver)
-    return [{"layer": i + 1, "mean_abs": s.abs().mean().item(), "at_zero": (s <= 0).float().mean().item(),
-             "at_one": (s >= 1).float().mean().item(), "spread": s.std(0).mean().item()}
-            for i, s in enumerate(state)]
+    return state_profile(model, state)
+
+
+def state_profile(model: CRNN, state: list[torch.Tensor]) -> list[dict[str, float]]:
+    """One row per state layer of ``state`` (each ``(images, ...)``, at least 2 images): ``layer``
+    (from 1), ``mean_abs`` (mean |state|), ``at_low`` / ``at_high`` (the fraction of units clamped
+    at the bounds of the layer's activation range, where they pass no signal back; 0 on an
+    unbounded side) and ``spread`` (the state's standard deviation over the images, averaged over
+    units: near 0, the layer no longer depends on the input, so the layers above cannot tell the
+    images apart)."""
+    rows = []
+    for i, (spec, s) in enumerate(zip(model.specs, state)):
+        low, high = ACTIVATION_RANGES[spec.activation]
+        rows.append({"layer": i + 1, "mean_abs": s.abs().mean().item(),
+                     "at_low": 0.0 if low is None else (s <= low).float().mean().item(),
+                     "at_high": 0.0 if high is None else (s >= high).float().mean().item(),
+                     "spread": s.std(0).mean().item()})
+    return rows

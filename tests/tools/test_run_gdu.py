@@ -9,8 +9,10 @@ from eqkern.cli import main
 from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
 from eqkern.learning.gdu import check_gdu
+from eqkern.model.crnn import CRNN
+from eqkern.model.specs import Linear
 from eqkern.dynamics.settle import free_phase
-from eqkern.tools.run_gdu import gdu_of_run, layer_profile, unsettled_images
+from eqkern.tools.run_gdu import gdu_of_run, layer_profile, state_profile, unsettled_images
 from eqkern.training.build import build_model
 from eqkern.training.train_preset import train_vgg
 
@@ -130,7 +132,7 @@ def test_layer_profile_of_the_checkpoint_and_of_a_fresh_init(run, capsys):
         assert [r["layer"] for r in got] == list(range(1, len(want) + 1))
         for r, w in zip(got, want):
             assert all(v == v for v in r.values())
-            assert (r["mean_abs"], r["at_zero"], r["at_one"], r["spread"]) == pytest.approx(w, rel=1e-4, abs=1e-6)
+            assert (r["mean_abs"], r["at_low"], r["at_high"], r["spread"]) == pytest.approx(w, rel=1e-4, abs=1e-6)
     assert got[0]["spread"] > 0
     with pytest.raises(ArgumentError, match=r"images=1 \(--layers\)"):
         layer_profile(out, images=1)
@@ -139,6 +141,21 @@ def test_layer_profile_of_the_checkpoint_and_of_a_fresh_init(run, capsys):
     assert "at a fresh initialisation of the run's network, training images 0-3" in text
     assert main(["gdu", "--at-init"]) == 2
     assert "--at-init applies to a training run's network" in capsys.readouterr().err
+
+
+def test_state_profile_counts_clamped_units_at_each_activations_bounds():
+    """The bounds are the layer's activation's: [0, 1] for clamp01, [-1, 1] for tanh, none above
+    for relu; a state written by hand, its fractions counted here."""
+    model = CRNN((3,), [Linear(4, activation="clamp01"), Linear(4, activation="tanh"),
+                        Linear(4, activation="relu")], 2)
+    state = [torch.tensor([[0.0, 1.0, 0.5, 1.0], [0.0, 0.2, 1.0, 0.3]]),
+             torch.tensor([[-1.0, 0.0, 1.0, 0.5], [-1.0, 1.0, 0.0, 0.0]]),
+             torch.tensor([[0.0, 7.0, 9.0, 0.0], [3.0, 0.0, 0.0, 0.0]])]
+    got = [(r["at_low"], r["at_high"]) for r in state_profile(model, state)]
+    print(got)
+    assert got == [(2 / 8, 3 / 8), (2 / 8, 2 / 8), (5 / 8, 0.0)]
+    spread = [r["spread"] for r in state_profile(model, state)]
+    assert spread[0] == pytest.approx(torch.tensor([0.0, 0.8, 0.5, 0.7]).div(2 ** 0.5).mean().item())
 
 
 @pytest.mark.parametrize("method", ["ep", "bp"])
