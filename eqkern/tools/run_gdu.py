@@ -199,13 +199,13 @@ def state_profile(model: CRNN, state: list[torch.Tensor]) -> list[dict[str, floa
     (from 1), ``mean_abs`` (mean |state|), ``at_low`` / ``at_high`` (the fraction of units clamped
     at the bounds of the layer's activation range, where they pass no signal back; 0 on an
     unbounded side) and ``spread`` (the state's standard deviation over the images, averaged over
-    units: near 0, the layer no longer depends on the input, so the layers above cannot tell the
-    images apart)."""
+    units, as training logs ``state_spread``: near 0, the layer no longer depends on the input,
+    so the layers above cannot tell the images apart)."""
     rows = []
     for i, (spec, s) in enumerate(zip(model.specs, state)):
         low, high = ACTIVATION_RANGES[spec.activation]
         rows.append({"layer": i + 1, "mean_abs": s.abs().mean().item(),
                      "at_low": 0.0 if low is None else (s <= low).float().mean().item(),
                      "at_high": 0.0 if high is None else (s >= high).float().mean().item(),
-                     "spread": s.std(0).mean().item()})
+                     "spread": s.std(0, correction=0).mean().item()})
     return rows

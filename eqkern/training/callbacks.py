@@ -12,7 +12,8 @@
 Records are dicts of plain Python values (numbers, lists of numbers, ``None``). The batch record:
 ``epoch`` (1-based), ``batch`` (1-based within the epoch), ``step`` (1-based over the whole
 run), ``examples``, ``loss``, ``acc`` (%), ``settle_steps``, ``lr`` (one per param group), for
-CRNNs ``state_abs`` (per layer) and ``update_abs`` (per weight layer), and ``kappa`` for a CRNN
+CRNNs ``state_abs`` and ``state_spread`` (per layer: mean |state| and std over the batch's
+images) and ``update_abs`` (per weight layer), and ``kappa`` for a CRNN
 with LE / KD signals trained by EP or BPTT (κ weighs nothing else). The epoch record
 is the engine's history record (what ``metrics.jsonl`` holds; ``test_acc``/``test_loss`` are
 ``None`` without test data). Each callback gets its own copy, so one that changes its record

@@ -88,21 +88,20 @@ def plot_training_curves(history: Sequence[dict], path: str | os.PathLike, *,
 
 def plot_layer_curves(history: Sequence[dict], path: str | os.PathLike, *,
                       title: str | None = None) -> Path:
-    """Five panels vs epoch: accuracy, loss, the settling steps per batch, and per state layer the
-    mean |state| of the free equilibrium and per weight layer the mean |update| (Lin Fig. 5),
-    from ``settle_steps_per_batch`` and the ``state_abs`` / ``update_abs`` lists in each record.
-    Returns the PNG path."""
+    """Six panels vs epoch: accuracy, loss, the settling steps per batch, and per state layer the
+    mean |state| of the free equilibrium and its spread over the batch's images, and per weight
+    layer the mean |update| (Lin Fig. 5), from ``settle_steps_per_batch`` and the ``state_abs``
+    / ``state_spread`` / ``update_abs`` lists in each record. Returns the PNG path."""
     epochs = _epochs(history)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(16, 8), layout="constrained")
-    grid = fig.subplots(2, 3).ravel()
-    grid[5].remove()
-    axes = grid[:5]
+    axes = fig.subplots(2, 3).ravel()
     _metric_panels(axes[:2], history)
     _steps_panel(axes[2], history)
     for ax, key, ylabel in ((axes[3], "state_abs", "mean |state| (free phase)"),
-                            (axes[4], "update_abs", "mean |update| per parameter")):
+                            (axes[4], "update_abs", "mean |update| per parameter"),
+                            (axes[5], "state_spread", "spread of the state over the batch")):
         n = max((len(h.get(key) or ()) for h in history), default=0)
         for layer in range(n):
             pts = [(e, h[key][layer]) for e, h in zip(epochs, history)

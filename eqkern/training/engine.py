@@ -269,7 +269,8 @@ class _Run:
         weights = self._weights()
         acc = {"correct": 0, "loss_sum": 0.0, "seen": 0, "batches": 0, "seconds": 0.0, "steps": 0,
                "state_abs": [0.0] * (model.num_layers if self.crnn else 0),
-               "update_abs": [0.0] * len(weights)}
+               "state_spread": [0.0] * (model.num_layers if self.crnn else 0),
+               "spread_batches": 0, "update_abs": [0.0] * len(weights)}
         first = 0 if position is None else position["batch"] + 1
         # A mid-epoch resume: the same permutation without the batches done, then the saved
         # RNG states.
@@ -281,8 +282,8 @@ class _Run:
             batches = itertools.chain([next(batches)], batches)
             gen.set_state(position["gen"])
             aug_gen.set_state(position["aug_gen"])
-            acc = position["acc"]
-        state_sum = torch.zeros(len(acc["state_abs"]), dtype=torch.float64, device=self.device)
+            acc = {**_no_spread(acc), **position["acc"]}
+        state_sum = torch.zeros(2, len(acc["state_abs"]), dtype=torch.float64, device=self.device)
         update_sum = torch.zeros(len(weights), dtype=torch.float64, device=self.device)
         bar = tqdm(batches, total=self.num_batches, initial=first, disable=not progress,
                    leave=False, desc=f"{self.label}epoch {epoch + 1}/{cfg.epochs}")
@@ -297,7 +298,7 @@ class _Run:
                 raise ArgumentError(f"batch {b + 1} of epoch {epoch + 1} has {n_global} examples, "
                                     f"fewer than the {ranks.world} ranks sharing it")
             xb, yb = ranks.shard(xb, yb)
-            error, s_abs = None, None
+            error, s_abs, s_spread = None, None, None
             try:
                 targets = yb if targets_of is None else targets_of(xb, yb)
                 self.opt.zero_grad(set_to_none=True)
@@ -305,6 +306,9 @@ class _Run:
                 if self.crnn:
                     s_abs = torch.stack([s.abs().mean() for s in res.free_state])
                     _check_states(model, s_abs, where)
+                    # Whether a layer still depends on the input: near 0, every image of the
+                    # batch reaches the same state there.
+                    s_spread = torch.stack([s.std(0, correction=0).mean() for s in res.free_state])
             except Exception as exc:  # noqa: BLE001 - re-raised by agree, on every rank
                 error = exc
             ranks.agree(error, False, where)  # before the collectives a failed rank would miss
@@ -314,7 +318,7 @@ class _Run:
                 u_abs = torch.stack([w.grad.abs().mean() if w.grad is not None else w.new_zeros(())
                                      for w in weights])
                 _check_updates(model, u_abs, where)
-                state_sum += s_abs * share
+                state_sum += torch.stack([s_abs, s_spread]) * share
                 update_sum += u_abs
             self.opt.step()
             check_finite(model, where)
@@ -323,11 +327,12 @@ class _Run:
             acc["loss_sum"] += res.loss * len(yb)
             acc["seen"] += len(yb)
             acc["batches"] += 1
+            acc["spread_batches"] += 1
             acc["steps"] += res.settle_steps
             self.global_step += 1
             if self.cbs.wants_batches:
                 self.cbs.on_batch_end(self._batch_record(epoch, b, yb, res, correct, s_abs,
-                                                         u_abs if self.crnn else None))
+                                                         s_spread, u_abs if self.crnn else None))
             bar.set_postfix(acc=f"{100.0 * acc['correct'] / acc['seen']:.1f}%",
                             loss=f"{acc['loss_sum'] / acc['seen']:.3f}")
             if on_batch is not None:
@@ -345,24 +350,27 @@ class _Run:
 
     def _totals(self, acc: dict, state_sum: torch.Tensor, update_sum: torch.Tensor,
                 elapsed: float) -> dict:
-        """``acc`` with the time and the on-device |state| / |update| sums of the batches run
-        since it was last closed, summed over all ranks (the same sums alone). The per-layer
-        |state| sums are already weighted by each rank's share; |update| is the same on every
-        rank (it is read after the average); settle steps are the mean over ranks."""
+        """``acc`` with the time and the on-device sums of the batches run since it was last
+        closed (``state_sum``: (2, layers), |state| and spread; ``update_sum``: |update|), summed
+        over all ranks (the same sums alone). The per-layer state sums are already weighted by
+        each rank's share (the spread is over each rank's share of the batch); |update| is the
+        same on every rank (it is read after the average); settle steps are the mean over ranks."""
+        abs_sum, spread_sum = state_sum.tolist()
         acc = {**acc, "seconds": acc["seconds"] + elapsed,
-               "state_abs": [a + v for a, v in zip(acc["state_abs"], state_sum.tolist())],
+               "state_abs": [a + v for a, v in zip(acc["state_abs"], abs_sum)],
+               "state_spread": [a + v for a, v in zip(acc["state_spread"], spread_sum)],
                "update_abs": [a + v for a, v in zip(acc["update_abs"], update_sum.tolist())]}
         ranks = self.ranks
         if not ranks.parallel:
             return acc
         n_state = len(acc["state_abs"])
         summed = ranks.sum([acc["correct"], acc["loss_sum"], acc["seen"], acc["steps"],
-                            *acc["state_abs"]])
+                            *acc["state_abs"], *acc["state_spread"]])
         return {**acc, "correct": int(round(summed[0])), "loss_sum": summed[1],
                 "seen": int(round(summed[2])), "steps": int(round(summed[3] / ranks.world)),
-                "state_abs": summed[4:4 + n_state]}
+                "state_abs": summed[4:4 + n_state], "state_spread": summed[4 + n_state:]}
 
-    def _batch_record(self, epoch, b, yb, res, correct, s_abs, u_abs) -> dict:
+    def _batch_record(self, epoch, b, yb, res, correct, s_abs, s_spread, u_abs) -> dict:
         """What a callback's ``on_batch_end`` gets (rank 0's share under torchrun)."""
         n = len(yb)
         rec: dict[str, Any] = {"epoch": epoch + 1, "batch": b + 1, "step": self.global_step,
@@ -374,6 +382,7 @@ class _Run:
             rec["kappa"] = float(self.model.kappa)
         if self.crnn:
             rec["state_abs"] = s_abs.tolist()
+            rec["state_spread"] = s_spread.tolist()
             rec["update_abs"] = u_abs.tolist()
         return rec
 
@@ -395,6 +404,8 @@ class _Run:
             "settle_steps": acc["steps"], "settle_steps_per_batch": acc["steps"] / nb})
         if self.crnn:
             rec["state_abs"] = [a / nb for a in acc["state_abs"]]
+            if acc["spread_batches"]:  # none in an epoch resumed from before the spread was kept
+                rec["state_spread"] = [a / acc["spread_batches"] for a in acc["state_spread"]]
             rec["update_abs"] = [a / nb for a in acc["update_abs"]]
             if model.separate_feedback:  # angle (°) between W_l and B_l, l ≥ 1 (Laborieux Fig. 7)
                 rec["weight_angle"] = weight_angles(model)
@@ -446,7 +457,14 @@ def _empty_acc(acc: dict) -> dict:
     not summed over ranks (batch count, time) and the settle steps, a mean over ranks (each
     rank holding the saved mean, the next mean over ranks adds it once)."""
     return {**acc, "correct": 0, "loss_sum": 0.0, "seen": 0,
-            "state_abs": [0.0] * len(acc["state_abs"])}
+            "state_abs": [0.0] * len(acc["state_abs"]),
+            "state_spread": [0.0] * len(acc["state_abs"])}
+
+
+def _no_spread(acc: dict) -> dict:
+    """What a saved epoch's sums lack when the checkpoint is from before the spread was kept:
+    the spread of none of its batches (its record then averages the batches run since)."""
+    return {"state_spread": [0.0] * len(acc["state_abs"]), "spread_batches": 0}
 
 
 def _check_states(model: CRNN, s_abs: torch.Tensor, where: str) -> None:

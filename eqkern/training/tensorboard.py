@@ -60,6 +60,7 @@ class TensorBoardCallback(Callback):
     ``kappa``                  epoch        κ of the epoch (CRNN)
     ``settle_steps/per_batch`` epoch        settling steps run per batch (0 for backprop)
     ``state_abs/layer{i}``     epoch        mean |state| of the free equilibrium, layer i (CRNN)
+    ``state_spread/layer{i}``  epoch        its std over the batch's images, averaged over units
     ``update_abs/layer{i}``    epoch        mean |update| of weight layer i; the last one is
                                             the read-out when there is one (CRNN)
     ``weight_angle/layer{l}``  epoch        angle (°) between W_l and B_l, l ≥ 1 (separate
@@ -114,6 +115,7 @@ class TensorBoardCallback(Callback):
             "time/eval": record.get("eval_seconds")})
         self._series(epoch, "lr/group", record.get("lr"))
         self._series(epoch, "state_abs/layer", record.get("state_abs"))
+        self._series(epoch, "state_spread/layer", record.get("state_spread"))
         self._series(epoch, "update_abs/layer", record.get("update_abs"))
         # weight_angle[0] is layer 1: layer 0 has no feedback weight of its own
         self._series(epoch, "weight_angle/layer", record.get("weight_angle"), first=1)

@@ -109,7 +109,7 @@ def _profile_by_hand(state: list[torch.Tensor]) -> list[tuple[float, float, floa
     for s in state:
         flat = s.double().flatten(1)  # (images, units)
         centred = flat - flat.mean(0)
-        std = (centred.pow(2).sum(0) / (len(flat) - 1)).sqrt()
+        std = (centred.pow(2).sum(0) / len(flat)).sqrt()  # over these images: no correction
         rows.append((flat.abs().mean().item(), (flat == 0).double().mean().item(),
                      (flat == 1).double().mean().item(), std.mean().item()))
     return rows
@@ -155,7 +155,7 @@ def test_state_profile_counts_clamped_units_at_each_activations_bounds():
     print(got)
     assert got == [(2 / 8, 3 / 8), (2 / 8, 2 / 8), (5 / 8, 0.0)]
     spread = [r["spread"] for r in state_profile(model, state)]
-    assert spread[0] == pytest.approx(torch.tensor([0.0, 0.8, 0.5, 0.7]).div(2 ** 0.5).mean().item())
+    assert spread[0] == pytest.approx(torch.tensor([0.0, 0.8, 0.5, 0.7]).div(2).mean().item())
 
 
 @pytest.mark.parametrize("method", ["ep", "bp"])

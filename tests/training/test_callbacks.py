@@ -51,6 +51,7 @@ def _epoch(epoch: int, test: bool = True) -> dict:
             "test_acc": 30.0 + epoch if test else None, "test_loss": 2.5 / epoch if test else None,
             "eval_seconds": 0.5, "seconds": 3.5 + epoch,
             "state_abs": [0.1 * epoch, 0.2 * epoch, 0.3 * epoch],
+            "state_spread": [0.05 * epoch, 0.04 * epoch, 0.03 * epoch],
             "update_abs": [1e-3 * epoch, 2e-3 * epoch, 3e-3 * epoch, 4e-3 * epoch],
             "weight_angle": [10.0 + epoch, 20.0 + epoch]}
 
@@ -225,6 +226,8 @@ def test_tensorboard_writes_every_tag(tmp_path):
         **{f"lr/group{i}": [(1, e1["lr"][i]), (2, e2["lr"][i])] for i in range(2)},
         **{f"state_abs/layer{i}": [(1, e1["state_abs"][i]), (2, e2["state_abs"][i])]
            for i in range(3)},
+        **{f"state_spread/layer{i}": [(1, e1["state_spread"][i]), (2, e2["state_spread"][i])]
+           for i in range(3)},
         **{f"update_abs/layer{i}": [(1, e1["update_abs"][i]), (2, e2["update_abs"][i])]
            for i in range(4)},
         **{f"weight_angle/layer{i + 1}": [(1, e1["weight_angle"][i]), (2, e2["weight_angle"][i])]
@@ -248,7 +251,7 @@ def test_tensorboard_flushes_each_epoch_and_skips_what_a_model_lacks(tmp_path):
     tb = TensorBoardCallback(str(tmp_path), batch_every=0)
     assert not tb.wants_batches and not CallbackList(tb).wants_batches
     record = {k: v for k, v in _epoch(1).items()
-              if k not in ("kappa", "state_abs", "update_abs", "weight_angle")}
+              if k not in ("kappa", "state_abs", "state_spread", "update_abs", "weight_angle")}
     record["settle_steps"] = record["settle_steps_per_batch"] = 0
     tb.on_batch_end(BATCH)  # batch_every=0: nothing, even if called
     tb.on_epoch_end(record)
@@ -312,10 +315,10 @@ def test_a_broken_tensorboard_install_says_why(tmp_path, monkeypatch):
 
 # what the records have at least (the engine may add more)
 BATCH_KEYS = {"epoch", "batch", "step", "examples", "loss", "acc", "settle_steps", "lr",
-              "state_abs", "update_abs"}
+              "state_abs", "state_spread", "update_abs"}
 EPOCH_KEYS = {"epoch", "lr", "train_acc", "train_loss", "train_seconds", "settle_steps",
               "settle_steps_per_batch", "test_acc", "test_loss", "eval_seconds", "seconds",
-              "state_abs", "update_abs"}
+              "state_abs", "state_spread", "update_abs"}
 
 
 def test_train_calls_the_callbacks(tmp_path):
@@ -354,7 +357,7 @@ def test_train_calls_the_callbacks(tmp_path):
     assert "kappa" not in got
     for tag in ("accuracy/train", "accuracy/test", "loss/train", "loss/test",
                 "settle_steps/per_batch", "lr/group0", "lr/group2", "state_abs/layer0",
-                "update_abs/layer2", "time/epoch"):
+                "state_spread/layer1", "update_abs/layer2", "time/epoch"):
         assert [s for s, _ in got[tag]] == [1, 2], tag
     assert _close(got["accuracy/test"], [(h["epoch"], h["test_acc"]) for h in hist])
     assert _close(got["batch/loss"], [(r["step"], r["loss"]) for r in batches])

@@ -16,6 +16,7 @@ from conftest import require_backend
 from eqkern import CRNN, Conv, TrainConfig, train
 from eqkern.data.datasets import DataSplit
 from eqkern.training import checkpoint
+from eqkern.training.callbacks import Callback
 from eqkern.training.checkpoint import CheckpointMismatch
 from eqkern.training.teacher import load_teacher, train_teacher
 from eqkern.training.train_preset import train_vgg
@@ -157,6 +158,38 @@ def test_train_resume_equals_uninterrupted(tmp_path, how):
     b_model = small_crnn()
     b = train(b_model, data, cfg, out_dir=tmp_path / "b", resume=True, **QUIET)
     same_runs(a_model.state_dict(), a, b_model.state_dict(), b)
+
+
+def test_a_mid_epoch_checkpoint_from_before_the_spread_averages_the_batches_run_since(tmp_path):
+    """A position saved before ``state_spread`` was kept (its sums lack it) resumes; that epoch's
+    spread is the mean over the batches run after the resume, the rest of the record unchanged."""
+    data = fake_data((1, 16, 16), n=24)  # 3 batches an epoch
+    cfg = TrainConfig(epochs=2, batch_size=8, t_free=3, t_nudge=2, lr=0.05)
+    batches = []
+    a = train(small_crnn(), data, cfg, out_dir=tmp_path / "a", callbacks=_BatchLog(batches), **QUIET)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_crnn(), data, cfg, out_dir=tmp_path / "b", on_batch=sigint_at(1, 0), **QUIET)
+    path = tmp_path / "b" / "checkpoint.pt"
+    ck = torch.load(path, weights_only=True)
+    for key in ("state_spread", "spread_batches"):
+        del ck["position"]["acc"][key]
+    torch.save(ck, path)
+    b = train(small_crnn(), data, cfg, out_dir=tmp_path / "b", resume=True, **QUIET)
+    since = [r["state_spread"] for r in batches if r["epoch"] == 2 and r["batch"] > 1]
+    want = [sum(v) / len(since) for v in zip(*since)]
+    print("resumed epoch's spread", b[1]["state_spread"], "of batches 2-3", want)
+    assert b[1]["state_spread"] == pytest.approx(want, rel=1e-6)
+    assert b[1]["state_abs"] == pytest.approx(a[1]["state_abs"], rel=1e-6)
+    assert {k: v for k, v in b[0].items() if k not in DROP} == {
+        k: v for k, v in a[0].items() if k not in DROP}
+
+
+class _BatchLog(Callback):
+    def __init__(self, out: list):
+        self.out = out
+
+    def on_batch_end(self, record):
+        self.out.append(record)
 
 
 @pytest.mark.parametrize("how", ["mid_epoch", "boundary"])

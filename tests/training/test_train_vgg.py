@@ -181,3 +181,25 @@ def test_cli_presets_and_train(tmp_path, capsys):
     assert main(argv + ["--resume"]) == 0  # already done: resumes at the end, trains nothing
     assert main(["train", "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_epoch_records_the_free_states_mean_and_spread_over_the_batch():
+    """One batch of the whole (fake) training set at lr 1e-30 (it moves no float32 weight), so
+    the network the engine settled is the one it returns: its free phase again, the mean |state| and the spread (population std
+    over the images, averaged over units) computed here in float64."""
+    from eqkern.dynamics.settle import free_phase
+
+    data = fake_data((1, 28, 28), n=16)
+    res = train_vgg("demo-mnist", data=data, progress=False, log=lambda s: None,
+                    **{**TINY, "batch_size": 16, "t_free": 6}, lr=(1e-30,), momentum=0.0)
+    rec, cfg = res.history[0], res.preset
+    with torch.no_grad():
+        state = free_phase(res.model, data.x_train, cfg.t_free, backend="torch", tol=cfg.tol,
+                           check_every=cfg.check_every, solver=cfg.solver)
+    flat = [s.double().flatten(1) for s in state]
+    want_abs = [f.abs().mean().item() for f in flat]
+    want_spread = [(f - f.mean(0)).pow(2).mean(0).sqrt().mean().item() for f in flat]
+    print("state_abs", rec["state_abs"], want_abs, "state_spread", rec["state_spread"], want_spread)
+    assert rec["state_abs"] == pytest.approx(want_abs, rel=1e-5)
+    assert rec["state_spread"] == pytest.approx(want_spread, rel=1e-5)
+    assert all(v > 0 for v in rec["state_spread"])
