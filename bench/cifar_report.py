@@ -89,8 +89,12 @@ def write_report(args, study, jobs, epochs: int) -> None:
 
 def plot_study(histories: dict[str, list[dict]], png: Path, title: str) -> None:
     layered = any(rec.get("state_abs") for h in histories.values() for rec in h)
-    fig = Figure(figsize=(12, 8 if layered else 4.2), layout="constrained")
-    axes = fig.subplots(2 if layered else 1, 2, squeeze=False)
+    fig = Figure(figsize=(14 if layered else 12, 8 if layered else 4.2), layout="constrained")
+    if layered:  # accuracy on top; |state|, |update| and the spread per layer below
+        grid = fig.subplot_mosaic([["e"] * 3 + ["w"] * 3, ["s", "s", "u", "u", "p", "p"]])
+        axes = [[grid["e"], grid["w"]], [grid["s"], grid["u"], grid["p"]]]
+    else:
+        axes = fig.subplots(1, 2, squeeze=False)
     for k, (label, h) in enumerate(histories.items()):
         if not h:
             continue
@@ -111,8 +115,9 @@ def plot_study(histories: dict[str, list[dict]], png: Path, title: str) -> None:
 
 
 def _layer_panels(axes, histories: dict[str, list[dict]]) -> None:
-    """Per-layer mean |state| and |update| over epochs (Lin Fig. 5): colour the layer, line style
-    the method (one legend entry each)."""
+    """Per-layer mean |state| and |update| over epochs (Lin Fig. 5) and the state's spread over
+    each batch's images (logged from the epochs run since training kept it): colour the layer,
+    line style the method (one legend entry each)."""
     from matplotlib.lines import Line2D
 
     drawn, layers = [], 0
@@ -121,14 +126,21 @@ def _layer_panels(axes, histories: dict[str, list[dict]]) -> None:
             continue
         style = STYLES[len(drawn) % len(STYLES)]
         drawn.append(Line2D([], [], color="k", ls=style, label=label))
-        ep = [r["epoch"] for r in h]
-        for key, ax in (("state_abs", axes[0]), ("update_abs", axes[1])):
-            layers = max(layers, len(h[0][key]))
-            for layer in range(len(h[0][key])):
-                ax.plot(ep, [r[key][layer] for r in h], ls=style, color=f"C{layer}")
+        for key, ax in (("state_abs", axes[0]), ("update_abs", axes[1]),
+                        ("state_spread", axes[2])):
+            kept = [r for r in h if r.get(key)]
+            if not kept:
+                continue
+            layers = max(layers, len(kept[0][key]))
+            for layer in range(len(kept[0][key])):
+                ax.plot([r["epoch"] for r in kept], [r[key][layer] for r in kept], ls=style,
+                        color=f"C{layer}", marker="." if len(kept) == 1 else None)
     axes[0].set_ylabel("mean |state| per layer")
     axes[1].set_ylabel("mean |update| per weight tensor (last: read-out)")
     axes[1].set_yscale("log")
+    axes[2].set_ylabel("spread of the state over a batch's images")
+    if not axes[2].lines:
+        axes[2].text(0.5, 0.5, "no epoch has logged it yet", ha="center", transform=axes[2].transAxes)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
