@@ -101,7 +101,15 @@ def _debug_shows_traceback(result, folder) -> bool:
 def _python_m_eqkern(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "eqkern", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_sigint_as_at_a_terminal, **kw)
+
+
+def _sigint_as_at_a_terminal() -> None:
+    # A suite started in the background of a shell (`cmd &`, nohup) inherits SIGINT ignored, and
+    # Python then leaves it ignored: every Ctrl-C probe would test nothing (a run that ignores
+    # them "resumes" equal to an uninterrupted one). The user's eqkern gets the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _bad_setting_read_at_import(folder: Path):
