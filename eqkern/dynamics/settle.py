@@ -126,6 +126,13 @@ def settle(
 
 
 @torch.no_grad()
+def spread_over_images(state: list[torch.Tensor]) -> torch.Tensor:
+    """``(layers,)``: each state layer's standard deviation over the images (dim 0, no Bessel
+    correction: the spread of these images), averaged over units. Near 0, the layer no longer
+    depends on the input. ``state``: per layer ``(images, ...)``."""
+    return torch.stack([s.std(0, correction=0).mean() for s in state])
+
+
 def free_phase(
     model: CRNN,
     x: torch.Tensor,

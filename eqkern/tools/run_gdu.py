@@ -19,7 +19,7 @@ import torch
 
 from eqkern.data.datasets import load_dataset
 from eqkern.errors import ArgumentError
-from eqkern.dynamics.settle import free_phase, settle
+from eqkern.dynamics.settle import free_phase, settle, spread_over_images
 from eqkern.learning.gdu import check_gdu
 from eqkern.model.activations import ACTIVATION_RANGES
 from eqkern.model.auxiliary import Targets
@@ -201,11 +201,11 @@ def state_profile(model: CRNN, state: list[torch.Tensor]) -> list[dict[str, floa
     unbounded side) and ``spread`` (the state's standard deviation over the images, averaged over
     units, as training logs ``state_spread``: near 0, the layer no longer depends on the input,
     so the layers above cannot tell the images apart)."""
-    rows = []
+    rows, spread = [], spread_over_images(state).tolist()
     for i, (spec, s) in enumerate(zip(model.specs, state)):
         low, high = ACTIVATION_RANGES[spec.activation]
         rows.append({"layer": i + 1, "mean_abs": s.abs().mean().item(),
                      "at_low": 0.0 if low is None else (s <= low).float().mean().item(),
                      "at_high": 0.0 if high is None else (s >= high).float().mean().item(),
-                     "spread": s.std(0, correction=0).mean().item()})
+                     "spread": spread[i]})
     return rows

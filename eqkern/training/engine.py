@@ -45,6 +45,7 @@ from eqkern.errors import ArgumentError, ArgumentTypeError, DivergenceError, Run
 from eqkern.data.crop_flip import crop_flip
 from eqkern.data.datasets import DataSplit
 from eqkern.data.sources import LoaderSource, TensorSource, TrainingData, as_training_data
+from eqkern.dynamics.settle import spread_over_images
 from eqkern.learning.separate_feedback import weight_angles
 from eqkern.model.crnn import CRNN
 from eqkern.training import checkpoint, distributed, resume as resuming
@@ -308,7 +309,7 @@ class _Run:
                     _check_states(model, s_abs, where)
                     # Whether a layer still depends on the input: near 0, every image of the
                     # batch reaches the same state there.
-                    s_spread = torch.stack([s.std(0, correction=0).mean() for s in res.free_state])
+                    s_spread = spread_over_images(res.free_state)
             except Exception as exc:  # noqa: BLE001 - re-raised by agree, on every rank
                 error = exc
             ranks.agree(error, False, where)  # before the collectives a failed rank would miss
